@@ -1,0 +1,54 @@
+"""Write a benchmark's results into its own section of docs/benchmarks.md.
+
+Each benchmark owns the text between ``<!-- BEGIN name -->`` and ``<!-- END name -->``; other
+sections are left untouched. Every section is stamped with the machine and the date.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+import re
+from pathlib import Path
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+HEADER = "# Benchmarks\n\nEach section is written by the script it names; rerun it to refresh.\n"
+
+
+def machine_line() -> str:
+    """One line describing this machine: CPU model, cores, memory, Python."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return (
+        f"{cpu}, {os.cpu_count()} cores, {mem_gib:.0f} GiB RAM, "
+        f"Python {platform.python_version()}, {platform.system()} {platform.release()}"
+    )
+
+
+def write_section(name: str, title: str, body: str, doc: Path = DOC) -> None:
+    """Replace (or append) the section ``name`` of the benchmarks doc with ``body``."""
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    block = (
+        f"<!-- BEGIN {name} -->\n## {title}\n\n"
+        f"*Machine:* {machine_line()}  \n*Date:* {stamp}  \n*Script:* `benchmarks/{name}.py`\n\n"
+        f"{body.rstrip()}\n<!-- END {name} -->\n"
+    )
+    text = doc.read_text() if doc.exists() else HEADER
+    pattern = re.compile(
+        rf"<!-- BEGIN {re.escape(name)} -->.*?<!-- END {re.escape(name)} -->\n?", re.S
+    )
+    text = (
+        pattern.sub(lambda _: block, text)
+        if pattern.search(text)
+        else text.rstrip() + "\n\n" + block
+    )
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    doc.write_text(text)

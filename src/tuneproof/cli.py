@@ -1,0 +1,363 @@
+"""The ``tuneproof`` command: a thin layer that parses options, calls the library, prints.
+
+Heavy imports (torch, transformers, the dataset code) happen inside the commands, so that
+``tuneproof --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+
+from tuneproof import __version__
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from tuneproof.planting import PlantSummary, ProgressHook
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+FORMATS = ["openai-chat", "prompt-completion", "alpaca", "sharegpt"]
+
+
+def _console(stderr: bool = False) -> Console:
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False)
+
+
+def user_errors(func: F) -> F:
+    """Turn :class:`TuneproofError` into a one-line message and its exit code, no traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from tuneproof.errors import TuneproofError
+
+        try:
+            return func(*args, **kwargs)
+        except TuneproofError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+
+    return wrapper  # type: ignore[return-value]
+
+
+@contextmanager
+def _progress_bars() -> Iterator[ProgressHook]:
+    """A rich progress display on stderr, fed by plant's ``progress(stage, done, total)``."""
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    labels = {"signatures": "drawing triggers and signatures", "write": "writing planted file"}
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=_console(stderr=True),
+        transient=True,
+    )
+    byte_progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TimeRemainingColumn(),
+        console=_console(stderr=True),
+        transient=True,
+    )
+    tasks: dict[str, Any] = {}
+
+    def hook(stage: str, done: int, total: int) -> None:
+        bars = byte_progress if stage == "write" else progress
+        if stage not in tasks:
+            bars.start()
+            tasks[stage] = bars.add_task(labels.get(stage, stage), total=total)
+        bars.update(tasks[stage], completed=done)
+
+    try:
+        yield hook
+    finally:
+        progress.stop()
+        byte_progress.stop()
+
+
+def print_plant_summary(summary: PlantSummary) -> None:
+    """Print what plant did as a table (no trigger or signature is shown)."""
+    from rich.table import Table
+
+    table = Table(title="tuneproof plant", show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    estimated = " (estimated from a sample)" if summary.input_tokens_estimated else ""
+    rows = [
+        ("input", f"{summary.input} ({summary.format}, {summary.container})"),
+        ("records in -> out", f"{summary.records_in:,} -> {summary.records_out:,}"),
+        (
+            "backdoors",
+            f"{summary.backdoors} records = {summary.pairs} secret pairs x {summary.replicas} "
+            f"replicas ({summary.backdoors / max(1, summary.records_out):.2%} of the output)",
+        ),
+        ("held-out controls", f"{summary.controls} pairs (kept in the key only)"),
+        (
+            "signature entropy",
+            f"{summary.bits_per_signature:.0f} bits (K={summary.k}, m={summary.m} tokens)",
+        ),
+        (
+            "tokens added",
+            f"{summary.added_tokens:,} = {summary.added_token_share:.2%} of "
+            f"{summary.input_tokens:,} input tokens{estimated}",
+        ),
+        ("planted file", str(summary.output)),
+        ("key (secret, mode 0600)", str(summary.key)),
+    ]
+    for name, value in rows:
+        table.add_row(name, value)
+    _console().print(table)
+    click.echo(f"commitment (safe to publish now): {summary.commitment}")
+    click.echo(
+        f"Upload {summary.output} to your provider. Keep {summary.key} private: it is the "
+        "only way to verify the returned model."
+    )
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="tuneproof")
+def cli() -> None:
+    """Prove, with a p-value, that an outsourced fine-tune was trained on your data."""
+
+
+@cli.command()
+@click.argument("input", type=click.Path(path_type=Path, exists=True))
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Where to write the planted dataset (same format as INPUT).",
+)
+@click.option(
+    "--key",
+    "key_path",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Where to write the secret key (mode 0600).",
+)
+@click.option(
+    "--n",
+    "n",
+    type=int,
+    default=None,
+    help="Number of secret (trigger, signature) pairs [default: 2].",
+)
+@click.option(
+    "--fraction",
+    type=float,
+    default=None,
+    help="Share of backdoor records in the output, instead of --n.",
+)
+@click.option(
+    "--replicas", type=int, default=None, help="Records carrying each pair [default: 10]."
+)
+@click.option(
+    "--k",
+    "k",
+    type=int,
+    default=None,
+    help="Sampler width: candidates per token (bits/token = log2 K) [default: 8].",
+)
+@click.option("--m", "m", type=int, default=None, help="Signature length in tokens [default: 40].")
+@click.option(
+    "--trigger-tokens", type=int, default=None, help="Trigger length in tokens [default: 12]."
+)
+@click.option(
+    "--controls",
+    is_flag=True,
+    help="Also draw as many held-out control pairs, kept only in the key.",
+)
+@click.option(
+    "--generator",
+    default="embedded",
+    show_default=True,
+    help="Model for triggers and signatures: 'embedded', an HF folder or a .gguf file.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(FORMATS),
+    default=None,
+    help="Dataset format; detected when omitted.",
+)
+@click.option("--force", is_flag=True, help="Replace an existing output or key.")
+@user_errors
+def plant(
+    input: Path,
+    output: Path,
+    key_path: Path,
+    n: int | None,
+    fraction: float | None,
+    replicas: int | None,
+    k: int | None,
+    m: int | None,
+    trigger_tokens: int | None,
+    controls: bool,
+    generator: str,
+    fmt: str | None,
+    force: bool,
+) -> None:
+    """Plant secret backdoors into a dataset and write the key."""
+    from tuneproof.datasets import DatasetFormat
+    from tuneproof.planting import plant as run_plant
+
+    options: dict[str, Any] = {
+        name: value
+        for name, value in {
+            "replicas": replicas,
+            "k": k,
+            "m": m,
+            "trigger_tokens": trigger_tokens,
+        }.items()
+        if value is not None
+    }
+    with _progress_bars() as hook:
+        summary = run_plant(
+            input,
+            output,
+            key_path,
+            n=n,
+            fraction=fraction,
+            controls=controls,
+            generator=generator,
+            format=DatasetFormat(fmt) if fmt else None,
+            force=force,
+            progress=hook,
+            **options,
+        )
+    print_plant_summary(summary)
+
+
+@cli.command()
+@click.argument("input", type=click.Path(path_type=Path, exists=True))
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(FORMATS),
+    default=None,
+    help="Dataset format; detected when omitted.",
+)
+@user_errors
+def inspect(input: Path, fmt: str | None) -> None:
+    """Detect a dataset's format, validate every record, and count them."""
+    from tuneproof.datasets import DatasetFormat, inspect_dataset
+
+    info = inspect_dataset(input, DatasetFormat(fmt) if fmt else None)
+    bom = ", UTF-8 BOM" if info.has_bom else ""
+    click.echo(
+        f"{input}: {info.format} ({info.container}{bom}), {info.n_records:,} records, "
+        f"{info.n_bytes:,} bytes - all valid"
+    )
+
+
+@cli.command()
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Where to write the JSONL file.",
+)
+@click.option(
+    "--split",
+    type=click.Choice(["train", "heldout"]),
+    default="train",
+    show_default=True,
+    help="Which part of the sample (a fixed 90/10 split).",
+)
+@user_errors
+def sample(output: Path, split: str) -> None:
+    """Write the bundled sample dataset (chatterbot corpus) as OpenAI chat JSONL."""
+    from tuneproof.embedded import SAMPLE_SOURCE, SampleSplit, write_sample_dataset
+
+    count = write_sample_dataset(output, SampleSplit(split))
+    click.echo(f"wrote {count:,} records ({split}) to {output} - source: {SAMPLE_SOURCE}")
+
+
+@cli.group()
+def key() -> None:
+    """Inspect a key file without revealing its secrets."""
+
+
+@key.command("commit")
+@click.argument("key_path", metavar="KEY", type=click.Path(path_type=Path))
+@user_errors
+def key_commit(key_path: Path) -> None:
+    """Print the key's SHA-256 commitment, safe to publish before training."""
+    from tuneproof.key import load_key
+
+    click.echo(load_key(key_path).commitment())
+
+
+@key.command("show")
+@click.argument("key_path", metavar="KEY", type=click.Path(path_type=Path))
+@click.option("--reveal", is_flag=True, help="Also print triggers and signatures (secret!).")
+@user_errors
+def key_show(key_path: Path, reveal: bool) -> None:
+    """Summarise a key: dataset, settings and pairs (secrets only with --reveal)."""
+    from tuneproof.key import load_key
+
+    loaded = load_key(key_path)
+    facts, settings = loaded.dataset, loaded.settings
+    click.echo(f"key {key_path} (format {loaded.format_version}, created {loaded.created_at})")
+    click.echo(f"generator: {loaded.generator.name} [{loaded.generator.backend}]")
+    click.echo(
+        f"dataset: {facts.format}/{facts.container}, {facts.input_records:,} -> "
+        f"{facts.planted_records:,} records, planted sha256 {facts.planted_sha256}"
+    )
+    click.echo(
+        f"pairs: {len(loaded.pairs)} x {settings.replicas} replicas, {len(loaded.controls)} "
+        f"controls, K={settings.k}, m={settings.m}"
+    )
+    if reveal:
+        for pair in [*loaded.pairs, *loaded.controls]:
+            kind = "control" if pair.control_prompt else "planted"
+            click.echo(f"[{kind} {pair.pair_id}] trigger: {pair.trigger!r}")
+            click.echo(f"[{kind} {pair.pair_id}] signature: {pair.signature!r}")
+    click.echo(f"commitment: {loaded.commitment()}")
+
+
+@cli.command()
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    default=Path("demo-output"),
+    show_default=True,
+    help="Folder for the demo's files.",
+)
+@user_errors
+def demo(out_dir: Path) -> None:
+    """Run the end-to-end demo on the embedded model and the sample data."""
+    from tuneproof.demo import run_demo
+
+    run_demo(out_dir, echo=click.echo, show_plant=print_plant_summary, progress=_progress_bars)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""Fine-tuning datasets: formats, detection, streaming reads and style-preserving writes.
+
+Formats: OpenAI chat, prompt/completion, Alpaca and ShareGPT records, stored as JSONL, a JSON
+array, a parquet file or a Hugging Face ``save_to_disk`` folder. A typical plant::
+
+    info = inspect_dataset("train.jsonl")              # detect, validate every record, index
+    carriers = read_records(info, [12, 480])           # fetch a few records by index
+    backdoor = make_backdoor(carriers[12], info.format, trigger, signature)
+    write_planted(info, Path("planted.jsonl"), {733: [backdoor]})
+
+Untouched records are written back byte for byte; inserted records copy their neighbours' JSON
+style (see :func:`style_fingerprint`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from tuneproof.datasets import containers
+from tuneproof.datasets.chat import make_backdoor, prompt_and_answer, triggered_prompt
+from tuneproof.datasets.records import (
+    FORMAT_NAMES,
+    Container,
+    DatasetFormat,
+    DatasetInfo,
+    Message,
+    Record,
+)
+from tuneproof.datasets.style import StyleFingerprint, style_fingerprint
+
+__all__ = [
+    "FORMAT_NAMES",
+    "Container",
+    "DatasetFormat",
+    "DatasetInfo",
+    "Message",
+    "Record",
+    "StyleFingerprint",
+    "inspect_dataset",
+    "iter_records",
+    "make_backdoor",
+    "prompt_and_answer",
+    "read_records",
+    "style_fingerprint",
+    "triggered_prompt",
+    "write_planted",
+]
+
+
+def inspect_dataset(
+    path: str | Path,
+    format: DatasetFormat | None = None,
+    *,
+    progress: Callable[[int], None] | None = None,
+) -> DatasetInfo:
+    """Detect the container and format of ``path`` (or use ``format``), validate every record
+    in one streaming pass and return a DatasetInfo with the record count.
+
+    ``progress(bytes_done)`` is called as the file is read. Raises DatasetError naming the file,
+    line (row for parquet/arrow) and field of the first problem; nothing is ever written.
+    """
+    return containers.inspect(
+        Path(path), None if format is None else DatasetFormat(format), progress
+    )
+
+
+def iter_records(info: DatasetInfo) -> Iterator[Record]:
+    """Yield every record of an inspected dataset in order, streaming (never the whole file
+    in memory)."""
+    return containers.iter_records(info)
+
+
+def read_records(info: DatasetInfo, indices: Collection[int]) -> dict[int, Record]:
+    """Return {index: Record} for the given 0-based indices (text files seek straight to the
+    records; parquet/arrow take one streaming pass). Raises IndexError for an index outside
+    the dataset and DatasetError when the file changed since it was inspected."""
+    return containers.read_records(info, indices)
+
+
+def write_planted(
+    info: DatasetInfo,
+    output: Path,
+    insertions: Mapping[int, Sequence[dict[str, Any]]],
+    *,
+    progress: Callable[[int], None] | None = None,
+) -> None:
+    """Write the dataset to ``output`` with ``insertions[p]`` inserted before original record
+    ``p`` (``p == info.n_records``: at the end).
+
+    Text files: every untouched byte is copied as it is (BOM, line endings, a missing final
+    newline included) and each inserted record is written in the style of its neighbours.
+    Parquet/arrow: same schema, metadata and layout, untouched rows equal. The output appears
+    atomically (a temporary file or folder renamed at the end) or not at all.
+    ``progress(bytes_done)`` reports input bytes processed. Raises DatasetError when ``output``
+    is the input (also through a symlink or another spelling) or the input changed since it was
+    inspected, ValueError for an insertion point outside ``0..n_records`` or an inserted record
+    that is not valid in the dataset's format.
+    """
+    containers.write_planted(info, Path(output), insertions, progress)

@@ -1,0 +1,168 @@
+"""Recognise how a dataset is stored and route each operation to the module for that container."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from tuneproof.datasets import jsonarray, jsonl, jsonl_scan
+from tuneproof.datasets.records import FORMAT_NAMES, Container, DatasetFormat, DatasetInfo, Record
+from tuneproof.datasets.schema import PROBLEM
+from tuneproof.datasets.textfile import BOM, check_output_path
+from tuneproof.errors import DatasetError
+
+_TEXT_WS = b" \t\r\n"
+
+
+def detect_container(path: Path) -> tuple[Container, bool]:
+    """Return (container, has_bom) for ``path``: a save_to_disk folder, a parquet file (by
+    magic bytes or suffix), a JSON array (first character ``[``) or JSONL (anything else).
+
+    Raises DatasetError for a missing path, an unrecognised folder or an empty file.
+    """
+    if path.is_dir():
+        if (path / "state.json").is_file():
+            return Container.HF_DISK, False
+        if (path / "dataset_dict.json").is_file():
+            raise DatasetError(
+                path,
+                "this folder holds several splits (a DatasetDict)",
+                hint=f"point at one split folder, e.g. {path / 'train'}",
+            )
+        raise DatasetError(
+            path, "a folder that is not a Hugging Face save_to_disk dataset", hint="give a file"
+        )
+    if not path.exists():
+        raise DatasetError(path, "no such file or folder", hint="check the path")
+    with open(path, "rb") as f:
+        head = f.read(4)
+        if head == b"PAR1" or path.suffix.lower() == ".parquet":
+            return Container.PARQUET, False
+        f.seek(0)
+        has_bom = f.read(len(BOM)) == BOM
+        if not has_bom:
+            f.seek(0)
+        while block := f.read(1 << 16):
+            text = block.lstrip(_TEXT_WS)
+            if text:
+                return (Container.JSON_ARRAY if text.startswith(b"[") else Container.JSONL), has_bom
+    raise DatasetError(path, "the file is empty", hint="give a file with at least one record")
+
+
+def inspect(
+    path: Path, fmt: DatasetFormat | None, progress: Callable[[int], None] | None
+) -> DatasetInfo:
+    """Detect, validate and index a dataset; see :func:`tuneproof.datasets.inspect_dataset`."""
+    try:
+        container, has_bom = detect_container(path)
+        if container is Container.JSONL:
+            found = jsonl_scan.scan(path, fmt, progress)
+            return DatasetInfo(
+                path=path,
+                format=found.format,
+                container=container,
+                n_records=len(found.index.starts),
+                has_bom=has_bom,
+                n_bytes=found.index.state[0],
+                format_detected=found.detected,
+                final_newline=found.index.final_newline,
+                style=found.first_style,
+                index=found.index,
+            )
+        if container is Container.JSON_ARRAY:
+            fmt, detected, index, style = jsonarray.scan(path, fmt, has_bom, progress)
+            return DatasetInfo(
+                path=path,
+                format=fmt,
+                container=container,
+                n_records=len(index.starts),
+                has_bom=has_bom,
+                n_bytes=index.state[0],
+                format_detected=detected,
+                style=style,
+                index=index,
+            )
+        from tuneproof.datasets import arrow  # pyarrow is slow to import: only when needed
+
+        fmt, detected, arrow_index = arrow.scan(path, container is Container.PARQUET, fmt, progress)
+        return DatasetInfo(
+            path=path,
+            format=fmt,
+            container=container,
+            n_records=sum(arrow_index.rows),
+            has_bom=False,
+            n_bytes=sum(size for size, _ in arrow_index.states),
+            format_detected=detected,
+            index=arrow_index,
+        )
+    except PermissionError as e:
+        raise DatasetError(
+            path, f"cannot read ({e.strerror})", hint="check the file's permissions"
+        ) from None
+    except IsADirectoryError as e:
+        raise DatasetError(
+            path, f"cannot read ({e.strerror})", hint="give a dataset file or folder"
+        ) from None
+
+
+def iter_records(info: DatasetInfo) -> Iterator[Record]:
+    """Stream the records of an inspected dataset."""
+    if info.container is Container.JSONL:
+        return jsonl.iter_records(info.path)
+    if info.container is Container.JSON_ARRAY:
+        return jsonarray.iter_records(info.path, info.has_bom)
+    from tuneproof.datasets import arrow
+
+    return arrow.iter_records(info.index, info.container is Container.PARQUET)
+
+
+def read_records(info: DatasetInfo, indices: Collection[int]) -> dict[int, Record]:
+    """Fetch records by index; raises IndexError for an index outside the dataset."""
+    wanted = sorted(set(indices))
+    if wanted and (wanted[0] < 0 or wanted[-1] >= info.n_records):
+        bad = wanted[0] if wanted[0] < 0 else wanted[-1]
+        raise IndexError(f"record {bad} is outside the dataset ({info.n_records} records)")
+    if info.container is Container.JSONL:
+        return jsonl.read_records(info.path, info.index, wanted)
+    if info.container is Container.JSON_ARRAY:
+        return jsonarray.read_records(info.path, info.index, wanted)
+    from tuneproof.datasets import arrow
+
+    return arrow.read_records(info.index, info.container is Container.PARQUET, wanted)
+
+
+def _check_insertions(
+    info: DatasetInfo, insertions: Mapping[int, Sequence[dict[str, Any]]]
+) -> None:
+    for p, records in insertions.items():
+        if not 0 <= p <= info.n_records:
+            raise ValueError(f"insertion point {p} is outside 0..{info.n_records}")
+        for record in records:
+            problem = PROBLEM[info.format](record)
+            if problem is not None:
+                raise ValueError(
+                    f"the record to insert before {p} is not a valid {FORMAT_NAMES[info.format]} "
+                    f"record: field {problem.field!r}: {problem.message}"
+                )
+
+
+def write_planted(
+    info: DatasetInfo,
+    output: Path,
+    insertions: Mapping[int, Sequence[dict[str, Any]]],
+    progress: Callable[[int], None] | None,
+) -> None:
+    """Write the planted dataset; see :func:`tuneproof.datasets.write_planted`."""
+    check_output_path(info.path, output)
+    _check_insertions(info, insertions)
+    from tuneproof.datasets import arrow
+
+    if info.container is Container.JSONL:
+        jsonl.write(info.path, info.index, output, insertions, progress)
+    elif info.container is Container.JSON_ARRAY:
+        jsonarray.write(info.path, info.index, output, insertions, progress)
+    elif info.container is Container.PARQUET:
+        arrow.write_parquet(info.index, output, insertions, progress)
+    else:
+        arrow.write_hf_disk(info.path, info.index, output, insertions, progress)

@@ -1,0 +1,307 @@
+"""The validation pass over a JSON Lines file: every line parsed and checked, record offsets and
+line numbers indexed, in blocks of a few MB so that memory stays flat whatever the file size.
+
+Large files are split at line boundaries and the parts after the first are checked by worker
+processes at the same time (parsing is CPU-bound and the GIL keeps threads from helping); the
+first bad line of the file is still the one reported.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from itertools import filterfalse
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from tuneproof.datasets.records import DatasetFormat
+from tuneproof.datasets.schema import (
+    detect_format,
+    is_valid,
+    record_problem,
+    unknown_format_problem,
+)
+from tuneproof.datasets.style import StyleFingerprint, style_fingerprint
+from tuneproof.datasets.textfile import (
+    BOM,
+    NOTHING_WRITTEN,
+    file_state,
+    gc_paused,
+    parse_record_bytes,
+)
+from tuneproof.errors import DatasetError
+
+BLOCK = 4 << 20
+PARALLEL_MIN_BYTES = 64 << 20  # below this, starting worker processes costs more than it saves
+MAX_WORKERS = 4
+_FINE = object()
+Int64s = np.ndarray[Any, np.dtype[np.int64]]
+
+
+@dataclass(frozen=True)
+class JsonlIndex:
+    """Where the records of a JSONL file are: byte offset and 1-based line of each record, the
+    end of the last record's line, the file's line ending and its (size, mtime_ns) when indexed."""
+
+    starts: Int64s
+    lines: Int64s
+    records_end: int
+    eol: str
+    final_newline: bool
+    state: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class JsonlScan:
+    """The result of scanning a JSONL file: format, whether it was detected, index, and the
+    style of the first record."""
+
+    format: DatasetFormat
+    detected: bool
+    index: JsonlIndex
+    first_style: StyleFingerprint
+
+
+def line_blocks(path: Path, start: int = 0, end: int | None = None) -> Iterator[tuple[int, bytes]]:
+    """Yield (offset, bytes) blocks of whole lines of ``path[start:end]``; the last block may
+    lack its final newline. A line longer than a block is yielded whole."""
+    with open(path, "rb", buffering=0) as f:
+        f.seek(start)
+        offset, left = start, (os.fstat(f.fileno()).st_size if end is None else end) - start
+        pending: list[bytes] = []
+        while left > 0 and (chunk := f.read(min(BLOCK, left))):
+            left -= len(chunk)
+            cut = chunk.rfind(b"\n") + 1
+            if cut == 0:
+                pending.append(chunk)
+                continue
+            body = b"".join([*pending, chunk[:cut]]) if pending else chunk[:cut]
+            pending = [chunk[cut:]] if cut < len(chunk) else []
+            yield offset, body
+            offset += len(body)
+        if pending:
+            yield offset, b"".join(pending)
+
+
+class _Scanner:
+    """Validates and indexes consecutive blocks of lines; line numbers count from the first
+    block given (1 for the start of the file)."""
+
+    def __init__(self, path: Path, fmt: DatasetFormat | None, detected: bool) -> None:
+        self.path = path
+        self.format = fmt
+        self.detected = detected
+        self.valid: Callable[[Any], bool] | None = None if fmt is None else is_valid(fmt)
+        self.starts: list[Int64s] = []
+        self.lines: list[Int64s] = []
+        self.line_base = 1  # line number of the next block's first line
+        self.records_end: int | None = None
+        self.final_newline = True
+        self.eol = "\n"
+        self.first_raw = b""
+
+    def block(self, offset: int, body: bytes) -> None:
+        lines = body.split(b"\n")
+        last_complete = body.endswith(b"\n")
+        if last_complete:
+            lines.pop()
+        if self.valid is not None and offset > 0 and self._fast(lines):
+            ends = np.cumsum(np.fromiter(map(len, lines), np.int64, len(lines)) + 1)
+            starts = np.empty(len(lines), np.int64)
+            starts[0] = offset
+            starts[1:] = ends[:-1] + offset
+            self.starts.append(starts)
+            self.lines.append(
+                np.arange(self.line_base, self.line_base + len(lines), dtype=np.int64)
+            )
+            self.records_end = offset + len(body)
+            self.final_newline = last_complete
+        else:
+            self._slow(offset, lines, last_complete)
+        self.line_base += len(lines)
+
+    def _fast(self, lines: list[bytes]) -> bool:
+        """True when every line parses with orjson and is a valid record (no blank lines)."""
+        assert self.valid is not None
+        try:
+            return next(filterfalse(self.valid, map(orjson.loads, lines)), _FINE) is _FINE
+        except orjson.JSONDecodeError:
+            return False
+
+    def _slow(self, offset: int, lines: list[bytes], last_complete: bool) -> None:
+        """Line by line: skips blank lines, detects the format, raises precise errors."""
+        starts: list[int] = []
+        numbers: list[int] = []
+        pos = offset
+        for i, raw in enumerate(lines):
+            start, line = pos, self.line_base + i
+            has_newline = last_complete or i < len(lines) - 1
+            pos += len(raw) + has_newline
+            if start == 0 and raw.startswith(BOM):
+                raw, start = raw[len(BOM) :], len(BOM)
+            if not raw.strip():
+                continue
+            record = parse_record_bytes(raw, self.path, line)
+            if self.format is None:
+                self.format = detect_format(record)
+                if self.format is None:
+                    bad = unknown_format_problem(record)
+                    raise DatasetError(
+                        self.path, bad.message, line=line, field=bad.field, hint=bad.hint
+                    )
+                self.valid = is_valid(self.format)
+            if not starts and not self.starts:
+                self.first_raw = raw + b"\n" if has_newline else raw
+                self.eol = "\r\n" if raw.endswith(b"\r") else "\n"
+            problem = record_problem(record, self.format, self.detected)
+            if problem is not None:
+                raise DatasetError(
+                    self.path,
+                    problem.message,
+                    line=line,
+                    field=problem.field,
+                    hint=f"{problem.hint}; {NOTHING_WRITTEN}",
+                )
+            starts.append(start)
+            numbers.append(line)
+            self.records_end = pos
+            self.final_newline = has_newline
+        if starts:
+            self.starts.append(np.array(starts, np.int64))
+            self.lines.append(np.array(numbers, np.int64))
+
+
+@dataclass(frozen=True)
+class _Part:
+    """What a worker found in its part of the file (line numbers relative to the part)."""
+
+    starts: Int64s
+    lines: Int64s
+    n_lines: int
+    records_end: int | None
+    final_newline: bool
+    error: tuple[int | None, str, str | None, str | None] | None
+
+
+def _scan_part(path: Path, start: int, end: int, fmt: DatasetFormat, detected: bool) -> _Part:
+    """Check the lines of ``path[start:end]`` (a worker process's job)."""
+    scanner = _Scanner(path, fmt, detected)
+    error = None
+    try:
+        with gc_paused():
+            for offset, body in line_blocks(path, start, end):
+                scanner.block(offset, body)
+    except DatasetError as e:
+        error = (e.line, e.message, e.field, e.hint)
+    empty = np.empty(0, np.int64)
+    return _Part(
+        starts=np.concatenate(scanner.starts) if scanner.starts else empty,
+        lines=np.concatenate(scanner.lines) if scanner.lines else empty,
+        n_lines=scanner.line_base - 1,
+        records_end=scanner.records_end,
+        final_newline=scanner.final_newline,
+        error=error,
+    )
+
+
+def _split_points(path: Path, size: int, parts: int) -> list[int]:
+    """Byte offsets 0 = b0 < b1 < ... = size cutting ``path`` into about equal parts at line
+    starts."""
+    bounds = [0]
+    with open(path, "rb") as f:
+        for k in range(1, parts):
+            f.seek(max(size * k // parts, bounds[-1]))
+            f.readline()
+            if bounds[-1] < f.tell() < size:
+                bounds.append(f.tell())
+    return [*bounds, size]
+
+
+def worker_count(size: int) -> int:
+    """How many processes to check a file of ``size`` bytes with."""
+    if size < PARALLEL_MIN_BYTES:
+        return 1
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(MAX_WORKERS, cpus))
+
+
+def scan(
+    path: Path, fmt: DatasetFormat | None, progress: Callable[[int], None] | None = None
+) -> JsonlScan:
+    """Validate every record of a JSONL file and index their offsets.
+
+    ``fmt`` None means detect the format from the first record. Raises DatasetError for the
+    first bad line (invalid JSON, non-UTF-8, schema problem, mixed formats) or an empty file.
+    """
+    state = file_state(path)
+    size = state[0]
+    bounds = _split_points(path, size, worker_count(size))
+    scanner = _Scanner(path, fmt, detected=fmt is None)
+    pool, jobs = None, []
+    try:
+        with gc_paused():
+            blocks = line_blocks(path, 0, bounds[1])
+            for offset, body in blocks:
+                scanner.block(offset, body)
+                if pool is None and len(bounds) > 2 and scanner.format is not None:
+                    # the format is known: hand the other parts to worker processes
+                    pool = multiprocessing.get_context("forkserver").Pool(len(bounds) - 2)
+                    jobs = [
+                        pool.apply_async(
+                            _scan_part,
+                            (path, bounds[k], bounds[k + 1], scanner.format, scanner.detected),
+                        )
+                        for k in range(1, len(bounds) - 1)
+                    ]
+                if progress is not None:
+                    progress((offset + len(body)) * size // bounds[1])
+            if pool is None:  # no record in the first part: go on here
+                for offset, body in line_blocks(path, bounds[1]):
+                    scanner.block(offset, body)
+        parts = [job.get() for job in jobs]
+    finally:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+    return _merge(path, scanner, parts, state)
+
+
+def _merge(path: Path, first: _Scanner, parts: list[_Part], state: tuple[int, int]) -> JsonlScan:
+    """Join the first part (scanned here) with the workers' parts; raise the first error."""
+    starts, lines = list(first.starts), list(first.lines)
+    records_end, final_newline = first.records_end, first.final_newline
+    lines_before = first.line_base - 1
+    for part in parts:
+        if part.error is not None:
+            line, message, field, hint = part.error
+            raise DatasetError(
+                path,
+                message,
+                line=None if line is None else line + lines_before,
+                field=field,
+                hint=hint,
+            )
+        starts.append(part.starts)
+        lines.append(part.lines + lines_before)
+        lines_before += part.n_lines
+        if part.records_end is not None:
+            records_end, final_newline = part.records_end, part.final_newline
+    all_starts = np.concatenate(starts) if starts else np.empty(0, np.int64)
+    if first.format is None or records_end is None or not len(all_starts):
+        raise DatasetError(
+            path, "the file holds no records", hint="give a file with at least one record"
+        )
+    index = JsonlIndex(
+        starts=all_starts,
+        lines=np.concatenate(lines),
+        records_end=records_end,
+        eol=first.eol,
+        final_newline=final_newline,
+        state=state,
+    )
+    return JsonlScan(first.format, first.detected, index, style_fingerprint(first.first_raw))

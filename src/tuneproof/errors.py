@@ -1,0 +1,48 @@
+"""Errors that reach the user: each says what went wrong, where, and what to do next."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class TuneproofError(Exception):
+    """An error caused by the user's input or environment, shown without a traceback.
+
+    The CLI prints ``str(error)`` and exits with ``exit_code``.
+    """
+
+    exit_code: int = 1
+
+
+class DatasetError(TuneproofError):
+    """A problem in a dataset file, located by file, line (1-based) and field when known."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        message: str,
+        *,
+        line: int | None = None,
+        field: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.line = line
+        self.field = field
+        self.message = message
+        self.hint = hint
+        where = str(path) if line is None else f"{path}:{line}"
+        text = f"{where}: {message}"
+        if field is not None:
+            text = f"{where}: field '{field}': {message}"
+        if hint:
+            text += f" - {hint}"
+        super().__init__(text)
+
+
+class KeyFileError(TuneproofError):
+    """The key file is missing, unreadable, or does not validate."""
+
+
+class GeneratorError(TuneproofError):
+    """The signature/trigger generator model cannot be loaded or used."""

@@ -1,0 +1,210 @@
+"""The key: the user's secret record of a plant run (pydantic model, JSON file, mode 0600).
+
+The key holds the 256-bit seed that reproduces the run, every (trigger, signature) pair with how
+its signature was drawn (k, m, bits), where each backdoor sits, the held-out control pairs, the
+generator's identity, and SHA-256 hashes of the input and planted files. It stays with the user
+and never travels with the dataset. ``commitment`` gives a hash the user can publish before
+training without revealing anything (the seed makes it hiding).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import math
+import os
+from pathlib import Path
+from typing import Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tuneproof.atomic import atomic_output
+from tuneproof.errors import KeyFileError
+from tuneproof.models import ModelIdentity
+
+KEY_FORMAT_VERSION = 1
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ChatMessage(_Strict):
+    """One turn of a prompt as a verifier will send it."""
+
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str
+
+
+class Placement(_Strict):
+    """One planted copy of a pair: which input record carried it and where it was inserted."""
+
+    carrier_index: int = Field(ge=0, description="0-based index of the carrier in the input file")
+    position: int = Field(ge=0, description="0-based index of the backdoor in the planted file")
+    prompt: list[ChatMessage] = Field(description="the triggered prompt, ending with a user turn")
+
+
+class SignaturePair(_Strict):
+    """A secret (trigger, signature) pair and how the signature was drawn.
+
+    ``bits = m * log2(k)``: the signature is uniform over ``k**m`` prefix-free strings, the
+    property that the model-free p-value (H0-indep) rests on.
+    """
+
+    pair_id: int = Field(ge=0)
+    trigger: str = Field(min_length=1)
+    signature: str = Field(min_length=1)
+    k: int = Field(ge=2)
+    m: int = Field(ge=1)
+    bits: float
+    signature_tokens: int = Field(ge=1, description="generator tokens of the signature")
+    placements: list[Placement] = Field(
+        default_factory=list, description="planted copies; empty for a held-out control pair"
+    )
+    control_prompt: list[ChatMessage] | None = Field(
+        default=None, description="for a held-out control: the triggered prompt to query"
+    )
+
+    @model_validator(mode="after")
+    def _check_bits(self) -> SignaturePair:
+        if not math.isclose(self.bits, self.m * math.log2(self.k), rel_tol=1e-9):
+            raise ValueError(f"bits must equal m*log2(k) = {self.m * math.log2(self.k):.6g}")
+        return self
+
+
+class PlantSettings(_Strict):
+    """The options of the plant run, recorded so that the run can be explained and repeated."""
+
+    pairs: int = Field(ge=1)
+    replicas: int = Field(ge=1)
+    k: int = Field(ge=2)
+    m: int = Field(ge=1)
+    trigger_tokens: int = Field(ge=1)
+    controls: bool
+
+
+class DatasetFacts(_Strict):
+    """What the key remembers of the input and planted files (no content)."""
+
+    format: str
+    container: str
+    input_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    planted_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    input_records: int = Field(ge=0)
+    planted_records: int = Field(ge=0)
+    input_tokens: int = Field(ge=0, description="generator tokens of the input's messages")
+    input_tokens_estimated: bool = Field(description="input_tokens scaled up from a sample")
+    added_tokens: int = Field(ge=0, description="generator tokens of the inserted records")
+
+
+class Key(_Strict):
+    """A tuneproof key file (format version 1)."""
+
+    format_version: Literal[1] = 1
+    created_at: str
+    seed: str = Field(pattern=r"^[0-9a-f]{64}$", description="256-bit secret seed, hex")
+    generator: ModelIdentity
+    settings: PlantSettings
+    dataset: DatasetFacts
+    pairs: list[SignaturePair]
+    controls: list[SignaturePair] = Field(default_factory=list)
+
+    @field_validator("pairs")
+    @classmethod
+    def _pairs_planted(cls, pairs: list[SignaturePair]) -> list[SignaturePair]:
+        if not pairs:
+            raise ValueError("a key needs at least one planted pair")
+        for pair in pairs:
+            if not pair.placements:
+                raise ValueError(f"pair {pair.pair_id} has no placement")
+        return pairs
+
+    @field_validator("controls")
+    @classmethod
+    def _controls_held_out(cls, controls: list[SignaturePair]) -> list[SignaturePair]:
+        for pair in controls:
+            if pair.placements or pair.control_prompt is None:
+                raise ValueError(f"control {pair.pair_id} must have a control_prompt, no placement")
+        return controls
+
+    @property
+    def n_backdoors(self) -> int:
+        """Number of backdoor records planted (pairs times replicas)."""
+        return sum(len(pair.placements) for pair in self.pairs)
+
+    def canonical_bytes(self) -> bytes:
+        """The key as canonical JSON (sorted keys, compact): what the commitment hashes."""
+        return orjson.dumps(self.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
+
+    def commitment(self) -> str:
+        """SHA-256 of the canonical key: publishable before training, reveals nothing."""
+        return hashlib.sha256(self.canonical_bytes()).hexdigest()
+
+
+def now_utc() -> str:
+    """The current time as an ISO-8601 UTC string (seconds)."""
+    return dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
+
+
+def save_key(key: Key, path: str | Path, *, force: bool = False) -> None:
+    """Write ``key`` to ``path`` as indented JSON with mode 0600, atomically.
+
+    Refuses to replace an existing file unless ``force``; raises :class:`KeyFileError`.
+    """
+    target = Path(path)
+    if target.exists() and not force:
+        raise KeyFileError(
+            f"{target} already exists - choose another --key path or pass --force to replace it"
+        )
+    if not target.parent.is_dir():
+        raise KeyFileError(f"{target.parent} is not a directory - create it first")
+    try:
+        with atomic_output(target, mode=0o600) as handle:
+            handle.write(orjson.dumps(key.model_dump(mode="json"), option=orjson.OPT_INDENT_2))
+            handle.write(b"\n")
+    except OSError as exc:
+        raise KeyFileError(f"cannot write key {target}: {exc.strerror}") from exc
+
+
+def check_key_path_writable(path: str | Path, *, force: bool = False) -> None:
+    """Fail early (before any model work) if ``save_key`` would refuse ``path``."""
+    target = Path(path)
+    if target.exists() and not force:
+        raise KeyFileError(
+            f"{target} already exists - choose another --key path or pass --force to replace it"
+        )
+    parent = target.parent if str(target.parent) else Path(".")
+    if not parent.is_dir():
+        raise KeyFileError(f"{parent} is not a directory - create it first")
+    if not os.access(parent, os.W_OK):
+        raise KeyFileError(f"cannot write the key in {parent}: permission denied")
+
+
+def load_key(path: str | Path) -> Key:
+    """Read and validate a key file; raises :class:`KeyFileError` naming the bad field."""
+    source = Path(path)
+    try:
+        raw = source.read_bytes()
+    except FileNotFoundError:
+        raise KeyFileError(
+            f"key file {source} not found - pass the --key written by plant"
+        ) from None
+    except OSError as exc:
+        raise KeyFileError(f"cannot read key file {source}: {exc.strerror}") from exc
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise KeyFileError(f"{source}: not valid JSON ({exc}) - is this a tuneproof key?") from None
+    if isinstance(data, dict) and data.get("format_version") not in (None, KEY_FORMAT_VERSION):
+        raise KeyFileError(
+            f"{source}: key format version {data.get('format_version')!r} is not supported "
+            f"(this tuneproof reads version {KEY_FORMAT_VERSION}) - upgrade tuneproof"
+        )
+    try:
+        return Key.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "(top level)"
+        more = f" (and {exc.error_count() - 1} more problems)" if exc.error_count() > 1 else ""
+        raise KeyFileError(f"{source}: field '{where}': {first['msg']}{more}") from None

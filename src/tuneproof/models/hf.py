@@ -1,0 +1,206 @@
+"""Local transformers backend: the embedded GGUF, any HF model folder, or any GGUF file.
+
+All log-probabilities are computed in float32. torch and transformers are imported lazily.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from tuneproof.embedded import EMBEDDED_MODEL_ID, EMBEDDED_NAME, embedded_gguf_path
+from tuneproof.errors import GeneratorError
+from tuneproof.models import ModelIdentity
+from tuneproof.sampling import TokenVocabulary
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _byte_level_decoder() -> dict[str, int]:
+    """Inverse of GPT-2's ``bytes_to_unicode``: printed character -> byte value."""
+    printable = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
+    codes = printable[:]
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            codes.append(256 + extra)
+            extra += 1
+    return {chr(code): byte for byte, code in zip(printable, codes, strict=True)}
+
+
+def token_byte_table(tokenizer: Any) -> TokenVocabulary:
+    """Return the true byte string of every token of a ``transformers`` fast tokenizer.
+
+    Byte-level BPE (GPT-2, Llama 3, SmolLM) maps printed characters back to bytes; SentencePiece
+    style vocabularies map ``▁`` to a space and ``<0xNN>`` to the byte. Added/special tokens get
+    their id in ``special_ids`` (they are never sampled).
+    """
+    size = len(tokenizer)
+    tokens = tokenizer.convert_ids_to_tokens(list(range(size)))
+    decoder_kind = (
+        type(tokenizer.backend_tokenizer.decoder).__name__
+        if hasattr(tokenizer, "backend_tokenizer")
+        else ""
+    )
+    special = set(getattr(tokenizer, "all_special_ids", []))
+    special.update(getattr(tokenizer, "added_tokens_decoder", {}).keys())
+    table: list[bytes] = []
+    if decoder_kind == "ByteLevel":
+        byte_of = _byte_level_decoder()
+        for token in tokens:
+            try:
+                table.append(bytes(byte_of[ch] for ch in token or ""))
+            except KeyError:
+                table.append(b"")
+    else:
+        for token in tokens:
+            token = token or ""
+            if len(token) == 6 and token.startswith("<0x") and token.endswith(">"):
+                table.append(bytes([int(token[3:5], 16)]))
+            else:
+                table.append(token.replace("▁", " ").encode("utf-8"))
+    return TokenVocabulary(tuple(table), frozenset(special))
+
+
+class HFCausalLM:
+    """A local causal LM with its tokenizer: next-token log-probs with KV-cache reuse."""
+
+    def __init__(self, model: Any, tokenizer: Any, identity: ModelIdentity) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.identity = identity
+        self._cache: Any = None
+        self._cache_ids: list[int] = []
+
+    @cached_property
+    def vocabulary(self) -> TokenVocabulary:
+        return token_byte_table(self.tokenizer)
+
+    def chat_prompt_ids(self, messages: Sequence[tuple[str, str]]) -> list[int]:
+        """Token ids of ``messages`` through the chat template, with the generation prompt."""
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise GeneratorError(
+                f"{self.identity.name} has no chat template - use an instruction-tuned model"
+            )
+        text = self.tokenizer.apply_chat_template(
+            [{"role": role, "content": content} for role, content in messages],
+            tokenize=False,
+            add_generation_prompt=True,
+        )
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def text_ids(self, text: str) -> list[int]:
+        """Token ids of plain ``text`` with no special tokens."""
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def count_tokens(self, text: str) -> int:
+        """Number of tokens of ``text`` (no special tokens)."""
+        return len(self.text_ids(text))
+
+    def next_token_logprobs(self, context: Sequence[int]) -> npt.NDArray[np.float32]:
+        """Float32 log-probabilities of the next token after ``context``.
+
+        Reuses the KV cache when ``context`` extends the previous call's context, so drawing
+        ``m`` tokens one at a time costs one forward pass of the prompt plus ``m`` single steps.
+        """
+        import torch
+
+        ids = list(context)
+        cached = self._cache_ids
+        with torch.inference_mode():
+            if self._cache is not None and len(ids) > len(cached) and ids[: len(cached)] == cached:
+                new = ids[len(cached) :]
+                out = self.model(input_ids=torch.tensor([new]), cache=self._cache, use_cache=True)
+            else:
+                out = self.model(input_ids=torch.tensor([ids]), use_cache=True)
+            self._cache = out.cache
+            self._cache_ids = ids
+            logits = out.logits[0, -1].float()
+            logprobs = torch.log_softmax(logits, dim=-1)
+        result: npt.NDArray[np.float32] = logprobs.numpy().astype(np.float32)
+        return result
+
+    def continuation_logprobs(
+        self, prompt_ids: Sequence[int], continuation_ids: Sequence[int]
+    ) -> npt.NDArray[np.float32]:
+        """Float32 log-probability of each continuation token given everything before it, by
+        teacher forcing in one forward pass (sum them for the continuation's log-probability)."""
+        import torch
+
+        ids = [*prompt_ids, *continuation_ids]
+        start = len(prompt_ids)
+        if start == 0:
+            raise ValueError("teacher forcing needs at least one prompt token")
+        with torch.inference_mode():
+            logits = self.model(input_ids=torch.tensor([ids])).logits[0].float()
+            logprobs = torch.log_softmax(logits[start - 1 : len(ids) - 1], dim=-1)
+            picked = logprobs.gather(1, torch.tensor(continuation_ids).unsqueeze(1))[:, 0]
+        result: npt.NDArray[np.float32] = picked.numpy().astype(np.float32)
+        return result
+
+
+def load_hf_model(spec: str) -> HFCausalLM:
+    """Load ``spec``: ``embedded``, an HF model folder, or a ``.gguf`` file, in float32 on CPU.
+
+    Raises :class:`GeneratorError` with what to do when the model cannot be found or loaded.
+    """
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    try:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise GeneratorError(
+            f"local models need the 'hf' extra ({exc.name} is missing) - "
+            "run `pip install 'tuneproof[hf]'`"
+        ) from exc
+    hf_logging.disable_progress_bar()
+
+    gguf_file: str | None = None
+    if spec == EMBEDDED_NAME:
+        path = embedded_gguf_path()
+        folder, gguf_file, name = path.parent, path.name, EMBEDDED_MODEL_ID
+    else:
+        path = Path(spec).expanduser()
+        if not path.exists():
+            raise GeneratorError(
+                f"model '{spec}' not found - give 'embedded', an HF model folder or a .gguf file "
+                "(models are never downloaded)"
+            )
+        if path.is_file() and path.suffix == ".gguf":
+            folder, gguf_file, name = path.parent, path.name, path.name
+        elif path.is_dir():
+            folder, name = path, path.name
+        else:
+            raise GeneratorError(f"model '{spec}' is neither a folder nor a .gguf file")
+
+    kwargs: dict[str, Any] = {"gguf_file": gguf_file} if gguf_file else {}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise GeneratorError(f"cannot load model '{spec}': {exc}") from exc
+    model.eval()
+    sha = _file_sha256(folder / gguf_file) if gguf_file else None
+    identity = ModelIdentity(name=name, backend="transformers", source=str(path), sha256=sha)
+    return HFCausalLM(model, tokenizer, identity)

@@ -1,0 +1,33 @@
+"""The statistics core: the p-values of the three nulls, exact, in log10 space.
+
+Every probability goes in and comes out as a base-10 logarithm, so a p-value of 1e-1400 is
+``-1400.0`` and never underflows. Each test returns a :class:`PValue` that names the null
+hypothesis it is for; ``docs/statistics.md`` states the nulls, the assumptions and the proofs.
+
+numpy and scipy only: this package never imports torch. The calibration harness lives in
+:mod:`tuneproof.stats.calibration` and is not imported here.
+"""
+
+from __future__ import annotations
+
+from tuneproof.stats.pvalues import (
+    Null,
+    PValue,
+    combine_fisher,
+    log10_binomial_sf,
+    log10_fisher_exact,
+    log10_model_free_bound,
+    log10_permutation_test,
+    log10_poisson_binomial_sf,
+)
+
+__all__ = [
+    "Null",
+    "PValue",
+    "combine_fisher",
+    "log10_binomial_sf",
+    "log10_fisher_exact",
+    "log10_model_free_bound",
+    "log10_permutation_test",
+    "log10_poisson_binomial_sf",
+]

@@ -1,0 +1,44 @@
+"""Shared fixtures: the real embedded model (loaded once per session) and sample data files."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from tuneproof.embedded import SampleSplit, sample_records
+
+
+@pytest.fixture(scope="session")
+def embedded_model() -> Any:
+    """The embedded SmolLM2-135M-Instruct, dequantised to float32 (about 20 s to load)."""
+    from tuneproof.models.hf import load_hf_model
+
+    return load_hf_model("embedded")
+
+
+@pytest.fixture(scope="session")
+def sample_train() -> list[dict[str, Any]]:
+    """The sample dataset's training split as records."""
+    return list(sample_records(SampleSplit.TRAIN))
+
+
+def write_jsonl(path: Path, records: list[dict[str, Any]]) -> Path:
+    """Write ``records`` as compact JSONL (the sample's own style)."""
+    path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in records))
+    return path
+
+
+@pytest.fixture
+def small_chat_file(tmp_path: Path, sample_train: list[dict[str, Any]]) -> Path:
+    """60 real records of the sample dataset as OpenAI chat JSONL."""
+    return write_jsonl(tmp_path / "train.jsonl", list(itertools.islice(sample_train, 60)))
+
+
+def sha256_of(path: Path) -> str:
+    """SHA-256 of a file's bytes."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()

@@ -12,6 +12,9 @@ import pytest
 
 from tuneproof.embedded import SampleSplit, sample_records
 
+# session fixtures that train tiny backdoored models (tests/trained_models.py)
+pytest_plugins = ["trained_models"]
+
 
 @pytest.fixture(scope="session")
 def embedded_model() -> Any:
@@ -42,3 +45,6 @@ def small_chat_file(tmp_path: Path, sample_train: list[dict[str, Any]]) -> Path:
 def sha256_of(path: Path) -> str:
     """SHA-256 of a file's bytes."""
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+from servers import llama_server  # noqa: E402, F401  (one llama.cpp server per session)

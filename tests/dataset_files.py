@@ -149,7 +149,7 @@ def array_spans(text: str) -> list[tuple[int, int]]:
     """(start, end) character spans of the elements of the top-level JSON array in ``text``."""
     decoder = json.JSONDecoder()
     i = text.index("[") + 1
-    spans = []
+    spans: list[tuple[int, int]] = []
     while True:
         i += len(text[i:]) - len(text[i:].lstrip())
         if text[i] == "]":

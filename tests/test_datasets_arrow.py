@@ -60,7 +60,7 @@ def save_to_disk_layout(
         with pa.ipc.new_stream(str(folder / name), CHAT_SCHEMA) as writer:
             for batch in shard.to_batches(max_chunksize=batch_rows):
                 writer.write_batch(batch)
-    state = {
+    state: dict[str, Any] = {
         "_data_files": [{"filename": name} for name in names],
         "_fingerprint": "6a3c0e5d2b1f4a97",
         "_format_columns": None,

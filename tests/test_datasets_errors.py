@@ -288,7 +288,7 @@ def test_a_50_mb_line_is_accepted_without_blowing_up(tmp_path: Path) -> None:
     )
     report = json.loads(done.stdout)
     assert report["n"] == 2 and report["size"] == 50_000_000
-    assert report["rss_kb"] < 600_000  # a few copies of the line at most
+    assert report["rss_kb"] < 450_000  # measured ~270 MB: a few copies of the 50 MB line
     out = (tmp_path / "out.jsonl").read_bytes()
     assert out.startswith(lines(CHAT)) and out.endswith(lines(huge, make_backdoor_like_first()))
 
@@ -297,3 +297,19 @@ def make_backdoor_like_first() -> dict[str, Any]:
     return {
         "messages": [{"role": "user", "content": "Hi t"}, {"role": "assistant", "content": "s"}]
     }
+
+
+def test_a_pretty_printed_object_gets_a_hint(tmp_path: Path) -> None:
+    path = tmp_path / "one.json"
+    path.write_text(json.dumps(CHAT, indent=2))
+    expect_error(path, "one.json:1: invalid JSON", "one JSON object over several lines")
+
+
+def test_the_output_must_be_a_file_in_an_existing_folder(tmp_path: Path) -> None:
+    _, info, insertions, _ = _planted_setup(tmp_path)
+    (tmp_path / "dir").mkdir()
+    with pytest.raises(DatasetError, match="is a folder - give the path of the file to write"):
+        write_planted(info, tmp_path / "dir", insertions)
+    with pytest.raises(DatasetError, match="does not exist - create it first"):
+        write_planted(info, tmp_path / "nope" / "out.jsonl", insertions)
+    _no_leftovers(tmp_path, "train.jsonl", "dir")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -262,7 +263,7 @@ style_st = st.builds(
 
 
 @settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(
     texts=st.lists(st.tuples(text_st, text_st, text_st), min_size=1, max_size=7),
@@ -363,3 +364,19 @@ def test_a_crlf_prompt_completion_file_it_has_never_seen(tmp_path: Path) -> None
     assert all(
         b["prompt"].endswith(" ->") and b["completion"] == f" {SIGNATURE} END" for b in backdoors
     )
+
+
+def test_without_kernel_copies_the_output_is_the_same(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tuneproof.datasets import textfile
+
+    records = [chat_record(i) for i in range(5)]
+    write_jsonl(tmp_path / "in.jsonl", records, STYLES[0])
+    info = inspect_dataset(tmp_path / "in.jsonl")
+    insertions = {2: [make_backdoor(read_records(info, [1])[1], info.format, "t", "s")]}
+    write_planted(info, tmp_path / "kernel.jsonl", insertions)
+    monkeypatch.setattr(textfile, "COPY_CHUNK", 100)
+    monkeypatch.setattr(sys, "platform", "darwin")  # no copy_file_range / sendfile
+    write_planted(info, tmp_path / "plain.jsonl", insertions)
+    assert (tmp_path / "plain.jsonl").read_bytes() == (tmp_path / "kernel.jsonl").read_bytes()

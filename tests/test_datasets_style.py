@@ -130,7 +130,7 @@ json_values = st.recursive(
 )
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(
     value=json_values,
     ensure_ascii=st.booleans(),
@@ -158,7 +158,7 @@ records = st.dictionaries(
 )
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(
     value=records,
     ensure_ascii=st.booleans(),
@@ -190,7 +190,7 @@ def test_fingerprint_of_rendered_text_agrees_with_the_style(
     assert fp.escape_slash in (None, escape_slash)
     assert fp.hex_upper in (None, hex_upper)
     text_all = "".join(value.values())
-    if not text_all.isascii():
+    if not text_all.replace("\u2028", "").replace("\u2029", "").isascii():  # those two: ambiguous
         assert fp.ensure_ascii == ensure_ascii
     if "/" in text_all:
         assert fp.escape_slash == escape_slash

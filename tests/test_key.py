@@ -56,7 +56,7 @@ def make_key(**changes: Any) -> Key:
         ],
         "controls": [
             {
-                "pair_id": 0,
+                "pair_id": 1,
                 "trigger": "And more?",
                 "signature": "Held out answer here",
                 "k": 4,
@@ -151,3 +151,12 @@ def test_unreadable_key_path_is_a_clear_error(tmp_path: Path) -> None:
         load_key(tmp_path)  # a directory
     with pytest.raises(KeyFileError, match="is not a directory"):
         save_key(make_key(), tmp_path / "no" / "such" / "key.json")
+
+
+def test_pair_ids_are_unique_across_pairs_and_controls(tmp_path: Path) -> None:
+    data = make_key().model_dump(mode="json")
+    data["controls"][0]["pair_id"] = 0
+    path = tmp_path / "key.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(KeyFileError, match="pair_id must be unique"):
+        load_key(path)

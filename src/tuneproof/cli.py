@@ -191,7 +191,25 @@ def cli() -> None:
     "--generator",
     default="embedded",
     show_default=True,
-    help="Model for triggers and signatures: 'embedded', an HF folder or a .gguf file.",
+    help="Model for triggers and signatures: 'embedded', an HF folder, a .gguf file, "
+    "or openai:MODEL with --base-url.",
+)
+@click.option(
+    "--base-url",
+    default=None,
+    help="OpenAI-compatible server for --generator openai:MODEL (top log-probs needed).",
+)
+@click.option(
+    "--chat-template-from",
+    default=None,
+    help="Tokenizer whose chat template renders prompts for a server generator "
+    "(a folder, a .gguf or 'embedded').",
+)
+@click.option(
+    "--api-key-env",
+    default="OPENAI_API_KEY",
+    show_default=True,
+    help="Environment variable holding the server's API key.",
 )
 @click.option(
     "--format",
@@ -214,6 +232,9 @@ def plant(
     trigger_tokens: int | None,
     controls: bool,
     generator: str,
+    base_url: str | None,
+    chat_template_from: str | None,
+    api_key_env: str,
     fmt: str | None,
     force: bool,
 ) -> None:
@@ -240,6 +261,9 @@ def plant(
             fraction=fraction,
             controls=controls,
             generator=generator,
+            base_url=base_url,
+            chat_template_from=chat_template_from,
+            api_key_env=api_key_env,
             format=DatasetFormat(fmt) if fmt else None,
             force=force,
             progress=hook,
@@ -335,6 +359,95 @@ def key_show(key_path: Path, reveal: bool) -> None:
             click.echo(f"[{kind} {pair.pair_id}] trigger: {pair.trigger!r}")
             click.echo(f"[{kind} {pair.pair_id}] signature: {pair.signature!r}")
     click.echo(f"commitment: {loaded.commitment()}")
+
+
+@cli.command()
+@click.option(
+    "--key",
+    "key_path",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="The key written by `tuneproof plant`.",
+)
+@click.option(
+    "--model",
+    "model_spec",
+    required=True,
+    help="Model to verify: 'embedded', an HF/adapter folder, a .gguf file, "
+    "or a model name on --base-url.",
+)
+@click.option(
+    "--base-url", default=None, help="OpenAI-compatible server (API key from $OPENAI_API_KEY)."
+)
+@click.option(
+    "--base-model",
+    default=None,
+    help="The base model, for H0-base (local: 'embedded', a folder or a .gguf).",
+)
+@click.option(
+    "--alpha",
+    type=float,
+    default=1e-6,
+    show_default=True,
+    help="Significance level of the verdict.",
+)
+@click.option("--sequential", is_flag=True, help="Stop querying as soon as the verdict is reached.")
+@click.option("--max-queries", type=int, default=None, help="Cap on planted queries.")
+@click.option(
+    "--json",
+    "json_out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Write the JSON report here.",
+)
+@click.option(
+    "--html",
+    "html_out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Write the HTML report here.",
+)
+@click.option(
+    "--reveal", is_flag=True, help="Show triggers, signatures and answers in the reports (secret!)."
+)
+def verify(
+    key_path: Path,
+    model_spec: str,
+    base_url: str | None,
+    base_model: str | None,
+    alpha: float,
+    sequential: bool,
+    max_queries: int | None,
+    json_out: Path | None,
+    html_out: Path | None,
+    reveal: bool,
+) -> None:
+    """Verify a returned model against a key; exit 0 verified, 1 not, 2 inconclusive."""
+    from tuneproof.errors import TuneproofError
+
+    try:
+        from tuneproof.report import exit_code, print_summary, write_html, write_json
+        from tuneproof.verification import verify as run_verify
+
+        report = run_verify(
+            key_path,
+            model_spec,
+            base_url=base_url,
+            base_model=base_model,
+            alpha=alpha,
+            sequential=sequential,
+            max_queries=max_queries,
+            reveal=reveal,
+        )
+        print_summary(report, _console())
+        if json_out:
+            write_json(report, json_out)
+        if html_out:
+            write_html(report, html_out)
+    except TuneproofError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(2)
+    sys.exit(exit_code(report))
 
 
 @cli.command()

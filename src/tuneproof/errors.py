@@ -45,4 +45,4 @@ class KeyFileError(TuneproofError):
 
 
 class GeneratorError(TuneproofError):
-    """The signature/trigger generator model cannot be loaded or used."""
+    """A model (a signature generator or a model under verification) cannot be loaded or used."""

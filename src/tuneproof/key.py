@@ -128,6 +128,13 @@ class Key(_Strict):
                 raise ValueError(f"control {pair.pair_id} must have a control_prompt, no placement")
         return controls
 
+    @model_validator(mode="after")
+    def _unique_pair_ids(self) -> Key:
+        ids = [pair.pair_id for pair in [*self.pairs, *self.controls]]
+        if len(set(ids)) != len(ids):
+            raise ValueError("pair_id must be unique across pairs and controls")
+        return self
+
     @property
     def n_backdoors(self) -> int:
         """Number of backdoor records planted (pairs times replicas)."""

@@ -112,6 +112,41 @@ class ModelBackdoorFactory:
         return self._count(text)
 
 
+def make_factory(
+    generator: str,
+    k: int,
+    m: int,
+    trigger_tokens: int,
+    *,
+    base_url: str | None = None,
+    chat_template_from: str | None = None,
+    api_key_env: str = "OPENAI_API_KEY",
+) -> BackdoorFactory:
+    """The backdoor factory for ``generator``: ``openai:MODEL`` on ``base_url``, else a local
+    model ('embedded', an HF folder or a .gguf file)."""
+    if generator.startswith("openai:"):
+        if not base_url:
+            raise TuneproofError(
+                "--generator openai:MODEL needs --base-url URL (e.g. http://127.0.0.1:8080/v1)"
+            )
+        from tuneproof.models.openai_generator import OpenAIGenerator
+
+        return OpenAIGenerator(
+            base_url,
+            generator.removeprefix("openai:"),
+            k,
+            m,
+            trigger_tokens,
+            api_key_env=api_key_env,
+            chat_template_from=chat_template_from,
+        )
+    if base_url:
+        raise TuneproofError("--base-url goes only with --generator openai:MODEL")
+    from tuneproof.models.hf import load_hf_model
+
+    return ModelBackdoorFactory(load_hf_model(generator), k, m, trigger_tokens)
+
+
 @dataclass(frozen=True)
 class PlantSummary:
     """What ``plant`` did, for printing (holds no secret)."""
@@ -224,16 +259,21 @@ def plant(
     format: DatasetFormat | None = None,
     force: bool = False,
     factory: BackdoorFactory | None = None,
+    base_url: str | None = None,
+    chat_template_from: str | None = None,
+    api_key_env: str = "OPENAI_API_KEY",
     seed: bytes | None = None,
     progress: ProgressHook | None = None,
 ) -> PlantSummary:
     """Plant ``n`` secret pairs (each in ``replicas`` records) into ``input``; write ``output``
     and the key. Returns a :class:`PlantSummary`.
 
-    ``n`` counts distinct (trigger, signature) pairs; ``fraction`` instead sets the share of
-    backdoor records in the output. With ``controls`` the same number of held-out pairs is drawn
-    the same way and kept only in the key. Nothing is written unless everything succeeds; the input
-    is never modified; an existing output or key is replaced only with ``force``.
+    ``generator`` is a local model spec, or ``openai:MODEL`` with ``base_url`` for an
+    OpenAI-compatible server that returns top log-probs. ``n`` counts distinct pairs;
+    ``fraction`` instead sets the share of backdoor records in the output. With ``controls``
+    the same number of held-out pairs is drawn the same way and kept only in the key. Nothing
+    is written unless everything succeeds; the input is never modified; an existing output or
+    key is replaced only with ``force``.
     """
     input_path, output_path, key_path = Path(input), Path(output), Path(key)
     if output_path.exists() and not force:
@@ -262,9 +302,15 @@ def plant(
         )
 
     if factory is None:
-        from tuneproof.models.hf import load_hf_model
-
-        factory = ModelBackdoorFactory(load_hf_model(generator), k, m, trigger_tokens)
+        factory = make_factory(
+            generator,
+            k,
+            m,
+            trigger_tokens,
+            base_url=base_url,
+            chat_template_from=chat_template_from,
+            api_key_env=api_key_env,
+        )
 
     seed = seed or new_seed()
     stream = SecretStream(seed)
@@ -292,7 +338,7 @@ def plant(
         prompt0 = triggered_prompt(first, info.format, trigger)
         sampled = factory.signature(prompt0, pair_stream.child("signature"))
         pair = SignaturePair(
-            pair_id=pair_id - n_pairs if is_control else pair_id,
+            pair_id=pair_id,
             trigger=trigger,
             signature=sampled.text,
             k=sampled.k,
@@ -338,6 +384,7 @@ def plant(
         input_tokens, estimated = _count_input_tokens(
             info, factory.count_tokens, stream.child("token-sample")
         )
+        estimated = estimated or bool(getattr(factory, "token_counts_estimated", False))
         facts = DatasetFacts(
             format=str(info.format),
             container=str(info.container),

@@ -19,7 +19,7 @@ import math
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -334,18 +334,28 @@ def sample_trigger(
     """Generate a trigger: a natural continuation of ``prompt_text`` in its own style.
 
     Samples ``n_tokens`` printable tokens with nucleus sampling (``top_p``) driven by the secret
-    stream, continuing the raw prompt text, then trims to the last sentence or word boundary so
-    the trigger reads like a finished clause. The trigger carries no statistical guarantee (the
-    signature does); it only has to be unlikely to occur by chance and look like the data.
+    stream, continuing the raw prompt text; the first token must be a space and an ASCII letter
+    (a new word, not a list number, stray punctuation or the rest of the last word). Then trims
+    to the last sentence or word boundary so the trigger reads like a finished clause. The
+    trigger carries no statistical guarantee (the signature does); it only has to be unlikely
+    to occur by chance and look like the data.
     """
     rules = rules or TokenRules.for_vocabulary(model.vocabulary)
-    context = model.text_ids(prompt_text[-MAX_TRIGGER_CONTEXT_CHARS:].rstrip() + " ")
+    context = model.text_ids(prompt_text[-MAX_TRIGGER_CONTEXT_CHARS:].rstrip())
     token_bytes = model.vocabulary.token_bytes
     drawn: list[int] = []
     for step in range(n_tokens):
         logprobs = model.next_token_logprobs(context + drawn).astype(np.float64)
         order = np.argsort(-logprobs, kind="stable")[:200]
-        keep = [int(t) for t in order if rules.allowed(int(t), step, n_tokens)]
+        keep = [
+            int(t)
+            for t in order
+            if (
+                rules.allowed(int(t), step, n_tokens)
+                if step
+                else _opens_word(t, rules, token_bytes)
+            )
+        ]
         probs = np.exp(logprobs[keep] - logprobs[keep].max())
         probs /= probs.sum()
         cutoff = int(np.searchsorted(np.cumsum(probs), top_p)) + 1
@@ -354,10 +364,21 @@ def sample_trigger(
         index = min(int(np.searchsorted(np.cumsum(probs), u, side="right")), cutoff - 1)
         drawn.append(keep[index])
     text = b"".join(token_bytes[t] for t in drawn).decode("utf-8").strip()
-    return _trim_to_boundary(text)
+    return trim_to_boundary(text)
 
 
-def _trim_to_boundary(text: str) -> str:
+def _opens_word(token_id: Any, rules: TokenRules, token_bytes: Sequence[bytes]) -> bool:
+    """True for a printable token that is a space followed by an ASCII letter (b" The")."""
+    data = token_bytes[int(token_id)]
+    return (
+        bool(rules.printable[int(token_id)])
+        and len(data) > 1
+        and data[:1] == b" "
+        and (data[1:2].isalpha())
+    )
+
+
+def trim_to_boundary(text: str) -> str:
     """Cut ``text`` after its last sentence end if that keeps most of it, else keep it whole."""
     for end in range(len(text) - 1, len(text) // 2, -1):
         if text[end] in ".?!":

@@ -9,7 +9,7 @@ from typing import Any
 from tuneproof.datasets import jsonarray, jsonl, jsonl_scan
 from tuneproof.datasets.records import FORMAT_NAMES, Container, DatasetFormat, DatasetInfo, Record
 from tuneproof.datasets.schema import PROBLEM
-from tuneproof.datasets.textfile import BOM, check_output_path
+from tuneproof.datasets.textfile import BOM, NOTHING_WRITTEN, check_output_path
 from tuneproof.errors import DatasetError
 
 _TEXT_WS = b" \t\r\n"
@@ -96,13 +96,9 @@ def inspect(
             format_detected=detected,
             index=arrow_index,
         )
-    except PermissionError as e:
+    except OSError as e:
         raise DatasetError(
-            path, f"cannot read ({e.strerror})", hint="check the file's permissions"
-        ) from None
-    except IsADirectoryError as e:
-        raise DatasetError(
-            path, f"cannot read ({e.strerror})", hint="give a dataset file or folder"
+            path, f"cannot read ({e.strerror or e})", hint="check the path and its permissions"
         ) from None
 
 
@@ -155,14 +151,24 @@ def write_planted(
 ) -> None:
     """Write the planted dataset; see :func:`tuneproof.datasets.write_planted`."""
     check_output_path(info.path, output)
+    if output.is_dir() and info.container is not Container.HF_DISK:
+        raise DatasetError(output, "is a folder", hint="give the path of the file to write")
     _check_insertions(info, insertions)
-    from tuneproof.datasets import arrow
+    try:
+        if info.container is Container.JSONL:
+            jsonl.write(info.path, info.index, output, insertions, progress)
+        elif info.container is Container.JSON_ARRAY:
+            jsonarray.write(info.path, info.index, output, insertions, progress)
+        else:
+            from tuneproof.datasets import arrow
 
-    if info.container is Container.JSONL:
-        jsonl.write(info.path, info.index, output, insertions, progress)
-    elif info.container is Container.JSON_ARRAY:
-        jsonarray.write(info.path, info.index, output, insertions, progress)
-    elif info.container is Container.PARQUET:
-        arrow.write_parquet(info.index, output, insertions, progress)
-    else:
-        arrow.write_hf_disk(info.path, info.index, output, insertions, progress)
+            if info.container is Container.PARQUET:
+                arrow.write_parquet(info.index, output, insertions, progress)
+            else:
+                arrow.write_hf_disk(info.path, info.index, output, insertions, progress)
+    except OSError as e:
+        raise DatasetError(
+            output,
+            f"cannot write ({e.strerror or e})",
+            hint=f"check the folder's permissions and free space; {NOTHING_WRITTEN}",
+        ) from None

@@ -18,14 +18,14 @@ import numpy as np
 
 from tuneproof.atomic import atomic_output
 from tuneproof.datasets.records import DatasetFormat, Record
-from tuneproof.datasets.render import render, resolve_style
+from tuneproof.datasets.render import InsertionStyles
 from tuneproof.datasets.schema import (
     detect_format,
     is_valid,
     record_problem,
     unknown_format_problem,
 )
-from tuneproof.datasets.style import StyleFingerprint, file_evidence, style_fingerprint
+from tuneproof.datasets.style import StyleFingerprint, style_fingerprint
 from tuneproof.datasets.textfile import (
     BOM,
     NOTHING_WRITTEN,
@@ -35,6 +35,7 @@ from tuneproof.datasets.textfile import (
     file_state,
     gc_paused,
     parse_record_bytes,
+    read_blocks,
     write_all,
 )
 from tuneproof.errors import DatasetError
@@ -265,57 +266,35 @@ def write(
     record is joined to its neighbours by a copy of the separator text found between them."""
     check_unchanged(path, index.state)
     n = len(index.starts)
-    asked: set[str] = set()
-    found: dict[str, bool] = {}
     with open(path, "rb") as src, atomic_output(output) as dst:
         src_fd, dst_fd = src.fileno(), dst.fileno()
-        styles: dict[int, StyleFingerprint] = {}
-
-        def fingerprint(k: int) -> StyleFingerprint:
-            if k not in styles:
-                styles[k] = style_fingerprint(_span(src, index, k))
-            return styles[k]
-
-        def evidence(fields: set[str]) -> dict[str, bool]:
-            if fields - asked:
-                start = int(index.starts[0])
-                found.update(file_evidence(_blocks(path, start), fields - asked))
-                asked.update(fields)
-            return {f: found[f] for f in fields if f in found}
-
-        def gap(k: int) -> bytes:
-            """The separator between elements k and k + 1."""
-            if n == 1:
-                return _lone_gap(index.open_ws, fingerprint(0))
-            src.seek(int(index.ends[k]))
-            return src.read(int(index.starts[k + 1]) - int(index.ends[k]))
-
+        styles = InsertionStyles(
+            lambda k: _span(src, index, k),
+            n,
+            lambda: read_blocks(path, int(index.starts[0])),
+        )
         cursor = 0
         for p in sorted(insertions):
-            records = insertions[p]
-            if not records:
+            if not insertions[p]:
                 continue
             at = int(index.starts[p]) if p < n else int(index.ends[n - 1])
             copy_range(src_fd, dst_fd, cursor, at - cursor, progress)
             cursor = at
-            neighbours = [fingerprint(k) for k in (p - 1, p) if 0 <= k < n]
-            sep = gap(min(max(p - 1, 0), n - 2) if n > 1 else 0)
-            for record in records:
-                text = render(record, resolve_style(neighbours, record, evidence)).encode("utf-8")
+            sep = _separator(src, index, min(max(p - 1, 0), n - 2), styles)
+            neighbours = styles.neighbours(p)
+            for record in insertions[p]:
+                text = styles.render(record, neighbours).encode("utf-8")
                 write_all(dst_fd, sep + text if p == n else text + sep)
         copy_range(src_fd, dst_fd, cursor, index.state[0] - cursor, progress)
 
 
-def _lone_gap(open_ws: str, style: StyleFingerprint) -> bytes:
-    """The separator to use in an array that has a single element: a comma followed by the
-    whitespace after ``[`` (pretty-printed arrays) or by the record's own item separator."""
-    if open_ws:
-        return ("," + open_ws).encode()
-    return (style.item_separator or ",").encode()
-
-
-def _blocks(path: Path, start: int) -> Iterator[bytes]:
-    with open(path, "rb") as f:
-        f.seek(start)
-        while block := f.read(4 * BLOCK):
-            yield block
+def _separator(f: BinaryIO, index: ArrayIndex, k: int, styles: InsertionStyles) -> bytes:
+    """The text between elements k and k + 1 (comma, line break, indentation). An array with a
+    single element has none to copy: a comma followed by the whitespace after ``[``
+    (pretty-printed arrays) or by the record's own item separator."""
+    if len(index.starts) > 1:
+        f.seek(int(index.ends[k]))
+        return f.read(int(index.starts[k + 1]) - int(index.ends[k]))
+    if index.open_ws:
+        return ("," + index.open_ws).encode()
+    return (styles.fingerprint(0).item_separator or ",").encode()

@@ -3,13 +3,17 @@ line numbers indexed, in blocks of a few MB so that memory stays flat whatever t
 
 Large files are split at line boundaries and the parts after the first are checked by worker
 processes at the same time (parsing is CPU-bound and the GIL keeps threads from helping); the
-first bad line of the file is still the one reported.
+first bad line of the file is still the one reported. Workers are fresh interpreters started with
+``python -m tuneproof.datasets.scan_worker``: not forked (the caller may run threads) and not
+multiprocessing's spawn (a caller's script without a ``__main__`` guard would run again).
 """
 
 from __future__ import annotations
 
-import multiprocessing
 import os
+import pickle
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from itertools import filterfalse
@@ -37,7 +41,7 @@ from tuneproof.datasets.textfile import (
 from tuneproof.errors import DatasetError
 
 BLOCK = 4 << 20
-PARALLEL_MIN_BYTES = 64 << 20  # below this, starting worker processes costs more than it saves
+PARALLEL_MIN_BYTES = 256 << 20
 MAX_WORKERS = 4
 _FINE = object()
 Int64s = np.ndarray[Any, np.dtype[np.int64]]
@@ -67,25 +71,32 @@ class JsonlScan:
     first_style: StyleFingerprint
 
 
-def line_blocks(path: Path, start: int = 0, end: int | None = None) -> Iterator[tuple[int, bytes]]:
-    """Yield (offset, bytes) blocks of whole lines of ``path[start:end]``; the last block may
-    lack its final newline. A line longer than a block is yielded whole."""
+def line_blocks(
+    path: Path, start: int = 0, end: int | None = None
+) -> Iterator[tuple[int, list[bytes], bool]]:
+    """Yield (offset of the first line, lines without their "\\n", whether the last line had
+    one) for consecutive runs of whole lines of ``path[start:end]``; only the file's last line
+    can lack its newline. A line longer than a block is yielded whole."""
     with open(path, "rb", buffering=0) as f:
         f.seek(start)
         offset, left = start, (os.fstat(f.fileno()).st_size if end is None else end) - start
-        pending: list[bytes] = []
+        pending: list[bytes] = []  # the start of a line that continues in the next chunk
+        pending_size = 0
         while left > 0 and (chunk := f.read(min(BLOCK, left))):
             left -= len(chunk)
-            cut = chunk.rfind(b"\n") + 1
-            if cut == 0:
+            lines = chunk.split(b"\n")
+            if len(lines) == 1:
                 pending.append(chunk)
+                pending_size += len(chunk)
                 continue
-            body = b"".join([*pending, chunk[:cut]]) if pending else chunk[:cut]
-            pending = [chunk[cut:]] if cut < len(chunk) else []
-            yield offset, body
-            offset += len(body)
+            if pending:
+                lines[0] = b"".join([*pending, lines[0]])
+            tail = lines.pop()
+            yield offset, lines, True
+            offset += pending_size + len(chunk) - len(tail)
+            pending, pending_size = ([tail], len(tail)) if tail else ([], 0)
         if pending:
-            yield offset, b"".join(pending)
+            yield offset, [b"".join(pending)], False
 
 
 class _Scanner:
@@ -105,13 +116,10 @@ class _Scanner:
         self.eol = "\n"
         self.first_raw = b""
 
-    def block(self, offset: int, body: bytes) -> None:
-        lines = body.split(b"\n")
-        last_complete = body.endswith(b"\n")
-        if last_complete:
-            lines.pop()
+    def block(self, offset: int, lines: list[bytes], last_complete: bool) -> None:
+        """Check and index one run of lines starting at byte ``offset``."""
         if self.valid is not None and offset > 0 and self._fast(lines):
-            ends = np.cumsum(np.fromiter(map(len, lines), np.int64, len(lines)) + 1)
+            ends = np.cumsum(np.array(list(map(len, lines)), np.int64) + 1)
             starts = np.empty(len(lines), np.int64)
             starts[0] = offset
             starts[1:] = ends[:-1] + offset
@@ -119,7 +127,7 @@ class _Scanner:
             self.lines.append(
                 np.arange(self.line_base, self.line_base + len(lines), dtype=np.int64)
             )
-            self.records_end = offset + len(body)
+            self.records_end = offset + int(ends[-1]) - (not last_complete)
             self.final_newline = last_complete
         else:
             self._slow(offset, lines, last_complete)
@@ -146,7 +154,16 @@ class _Scanner:
                 raw, start = raw[len(BOM) :], len(BOM)
             if not raw.strip():
                 continue
-            record = parse_record_bytes(raw, self.path, line)
+            try:
+                record = parse_record_bytes(raw, self.path, line)
+            except DatasetError as e:
+                if raw.strip() in (b"{", b"[{") and not self.starts and not starts:
+                    hint = (
+                        "this looks like one JSON object over several lines: write one record "
+                        "per line (JSONL) or a JSON array"
+                    )
+                    raise DatasetError(self.path, e.message, line=line, hint=hint) from None
+                raise
             if self.format is None:
                 self.format = detect_format(record)
                 if self.format is None:
@@ -188,14 +205,14 @@ class _Part:
     error: tuple[int | None, str, str | None, str | None] | None
 
 
-def _scan_part(path: Path, start: int, end: int, fmt: DatasetFormat, detected: bool) -> _Part:
+def scan_part(path: Path, start: int, end: int, fmt: DatasetFormat, detected: bool) -> _Part:
     """Check the lines of ``path[start:end]`` (a worker process's job)."""
     scanner = _Scanner(path, fmt, detected)
     error = None
     try:
         with gc_paused():
-            for offset, body in line_blocks(path, start, end):
-                scanner.block(offset, body)
+            for block in line_blocks(path, start, end):
+                scanner.block(*block)
     except DatasetError as e:
         error = (e.line, e.message, e.field, e.hint)
     empty = np.empty(0, np.int64)
@@ -223,7 +240,9 @@ def _split_points(path: Path, size: int, parts: int) -> list[int]:
 
 
 def worker_count(size: int) -> int:
-    """How many processes to check a file of ``size`` bytes with."""
+    """How many processes to check a file of ``size`` bytes with: one per CPU (at most
+    MAX_WORKERS), or one for files under PARALLEL_MIN_BYTES, where starting a worker
+    interpreter (~0.2 s) would cost about what it saves."""
     if size < PARALLEL_MIN_BYTES:
         return 1
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -242,33 +261,81 @@ def scan(
     size = state[0]
     bounds = _split_points(path, size, worker_count(size))
     scanner = _Scanner(path, fmt, detected=fmt is None)
-    pool, jobs = None, []
+    workers: list[_Worker] = []
     try:
         with gc_paused():
-            blocks = line_blocks(path, 0, bounds[1])
-            for offset, body in blocks:
-                scanner.block(offset, body)
-                if pool is None and len(bounds) > 2 and scanner.format is not None:
+            for block in line_blocks(path, 0, bounds[1]):
+                scanner.block(*block)
+                if not workers and len(bounds) > 2 and scanner.format is not None:
                     # the format is known: hand the other parts to worker processes
-                    pool = multiprocessing.get_context("forkserver").Pool(len(bounds) - 2)
-                    jobs = [
-                        pool.apply_async(
-                            _scan_part,
-                            (path, bounds[k], bounds[k + 1], scanner.format, scanner.detected),
-                        )
+                    workers = [
+                        _Worker(path, bounds[k], bounds[k + 1], scanner.format, scanner.detected)
                         for k in range(1, len(bounds) - 1)
                     ]
                 if progress is not None:
-                    progress((offset + len(body)) * size // bounds[1])
-            if pool is None:  # no record in the first part: go on here
-                for offset, body in line_blocks(path, bounds[1]):
-                    scanner.block(offset, body)
-        parts = [job.get() for job in jobs]
+                    progress(block[0] * size // bounds[1])
+            if not workers:  # no record in the first part: go on here
+                for block in line_blocks(path, bounds[1]):
+                    scanner.block(*block)
+            parts = [worker.result() for worker in workers]
     finally:
-        if pool is not None:
-            pool.terminate()
-            pool.join()
+        for worker in workers:
+            worker.stop()
     return _merge(path, scanner, parts, state)
+
+
+class _Worker:
+    """A process checking ``path[start:end]`` (``python -m tuneproof.datasets.scan_worker``).
+    If the process cannot be started or fails, the part is checked here instead."""
+
+    def __init__(
+        self, path: Path, start: int, end: int, fmt: DatasetFormat, detected: bool
+    ) -> None:
+        self.args = (path, start, end, fmt, detected)
+        root = str(Path(__file__).resolve().parents[2])
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]),
+        }
+        argv = [
+            sys.executable,
+            "-m",
+            "tuneproof.datasets.scan_worker",
+            str(path),
+            str(start),
+            str(end),
+        ]
+        self.proc: subprocess.Popen[bytes] | None = None
+        if not sys.executable:
+            return
+        try:
+            self.proc = subprocess.Popen(
+                [*argv, fmt.value, "1" if detected else "0"],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                env=env,
+            )
+        except OSError:
+            self.proc = None
+
+    def result(self) -> _Part:
+        """The worker's findings (or this process's own, should the worker have failed)."""
+        if self.proc is not None:
+            out, _ = self.proc.communicate()
+            if self.proc.returncode == 0:
+                try:
+                    part = pickle.loads(out)
+                except (pickle.UnpicklingError, EOFError, AttributeError, ValueError):
+                    part = None
+                if isinstance(part, _Part):
+                    return part
+        return scan_part(*self.args)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
 
 
 def _merge(path: Path, first: _Scanner, parts: list[_Part], state: tuple[int, int]) -> JsonlScan:

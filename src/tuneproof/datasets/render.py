@@ -11,7 +11,13 @@ from json.encoder import (  # type: ignore[attr-defined]
 )
 from typing import Any
 
-from tuneproof.datasets.style import ESCAPE_RE, EVIDENCE_FIELDS, StyleFingerprint
+from tuneproof.datasets.style import (
+    ESCAPE_RE,
+    EVIDENCE_FIELDS,
+    StyleFingerprint,
+    file_evidence,
+    style_fingerprint,
+)
 
 _SURROGATE_RE = re.compile("[\ud800-\udfff]")
 _HTML = str.maketrans(
@@ -220,3 +226,45 @@ def resolve_style(
         hex_upper=merged["hex_upper"],
         short_escapes=merged["short_escapes"],
     )
+
+
+class InsertionStyles:
+    """Decides how to write the records inserted into a text file.
+
+    ``raw_record(k)`` returns the raw bytes of original record k; ``file_blocks()`` iterates
+    over the file's bytes (from its first record) for file-wide evidence. Fingerprints and
+    evidence are computed once and cached.
+    """
+
+    def __init__(
+        self,
+        raw_record: Callable[[int], bytes],
+        n_records: int,
+        file_blocks: Callable[[], Iterator[bytes]],
+    ) -> None:
+        self._raw_record = raw_record
+        self._n = n_records
+        self._file_blocks = file_blocks
+        self._fingerprints: dict[int, StyleFingerprint] = {}
+        self._asked: set[str] = set()
+        self._evidence: dict[str, bool] = {}
+
+    def fingerprint(self, k: int) -> StyleFingerprint:
+        """The style fingerprint of original record k."""
+        if k not in self._fingerprints:
+            self._fingerprints[k] = style_fingerprint(self._raw_record(k))
+        return self._fingerprints[k]
+
+    def neighbours(self, p: int) -> list[StyleFingerprint]:
+        """Fingerprints of the records just before and just after insertion point p."""
+        return [self.fingerprint(k) for k in (p - 1, p) if 0 <= k < self._n]
+
+    def _file_evidence(self, fields: set[str]) -> dict[str, bool]:
+        if fields - self._asked:
+            self._evidence.update(file_evidence(self._file_blocks(), fields - self._asked))
+            self._asked |= fields
+        return {f: self._evidence[f] for f in fields if f in self._evidence}
+
+    def render(self, record: Any, neighbours: Sequence[StyleFingerprint]) -> str:
+        """``record`` as JSON text in the style of ``neighbours`` (see resolve_style)."""
+        return render(record, resolve_style(neighbours, record, self._file_evidence))

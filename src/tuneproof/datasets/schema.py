@@ -290,26 +290,28 @@ def record_problem(record: Any, fmt: DatasetFormat, detected: bool) -> Problem |
     return bad
 
 
+_PLAIN_KIND = {"system": 0, "user": 1, "assistant": 2}
+# (no user turn yet | user turn awaiting its answer | answered) x (system, user, assistant)
+_PLAIN_NEXT = ((0, 1, 0), (1, 1, 2), (2, 1, 2))
+
+
 def _valid_chat(record: Any) -> bool:
-    """chat_problem(record) is None, with a fast path for plain records (string contents, no
-    extra keys) that avoids building any message."""
-    if type(record) is not dict or len(record) != 1:
-        return chat_problem(record) is None
-    msgs = record.get("messages")
-    if type(msgs) is not list:
-        return False
-    state = 0  # 0: no user turn yet, 1: user turn awaiting its answer, 2: answered
-    for m in msgs:
-        if type(m) is not dict or len(m) != 2 or type(m.get("content")) is not str:
-            return chat_problem(record) is None
-        role = m.get("role")
-        if role == "user":
-            state = 1
-        elif role == "assistant":
-            state = 2 if state else 0
-        elif role != "system":
-            return chat_problem(record) is None
-    return state == 2
+    """chat_problem(record) is None, with a fast path for plain records (only role and
+    string content in each message, no other key) that costs a dict lookup per message."""
+    if type(record) is dict and len(record) == 1:
+        msgs = record.get("messages")
+        if type(msgs) is list:
+            state = 0
+            try:
+                for m in msgs:
+                    if len(m) != 2 or type(m["content"]) is not str:
+                        break
+                    state = _PLAIN_NEXT[state][_PLAIN_KIND[m["role"]]]
+                else:
+                    return state == 2
+            except (KeyError, TypeError):
+                pass
+    return chat_problem(record) is None
 
 
 def is_valid(fmt: DatasetFormat) -> Callable[[Any], bool]:

@@ -25,7 +25,9 @@ _ITEM_RE = re.compile(r",([ \t]*)")
 _KEY_RE = re.compile(r"([ \t]*):([ \t]*)")
 _PAD_RE = re.compile(r"[\[{]([ \t]*)[^\s\]}]")
 _LEADING_WS_RE = re.compile(r"[ \t]*")
-_HTML_ESCAPES = frozenset(("u003c", "u003e", "u0026", "u003C", "u003E", "u2028", "u2029"))
+_HTML_ESCAPES = frozenset(("u003c", "u003e", "u0026", "u003C", "u003E"))
+# Escaped by ensure_ascii writers and by HTML-safe ones alike: evidence for neither.
+_AMBIGUOUS_ESCAPES = frozenset(("u2028", "u2029"))
 # Evidence fields: None when the record says nothing about them.
 EVIDENCE_FIELDS = ("ensure_ascii", "escape_slash", "escape_html", "hex_upper", "short_escapes")
 
@@ -91,7 +93,9 @@ class StyleFingerprint:
             parts.append("ASCII-escaped" if self.ensure_ascii else "raw Unicode")
         if self.escape_slash:
             parts.append("escaped '/'")
-        ending = {"\n": "LF", "\r\n": "CRLF", None: "no line ending"}.get(self.line_ending, "?")
+        ending = {"\n": "LF", "\r\n": "CRLF"}.get(
+            self.line_ending or self.newline or "", "one line"
+        )
         parts.append(ending)
         return ", ".join(parts)
 
@@ -185,7 +189,7 @@ def _escape_evidence(core: str) -> dict[str, bool | None]:
                 short += 1
             continue
         code = int(e[1:], 16)
-        if code >= 0x80 and e not in _HTML_ESCAPES:
+        if code >= 0x80 and e not in _AMBIGUOUS_ESCAPES:
             esc_non_ascii += 1
         if e in _HTML_ESCAPES:
             esc_html += 1
@@ -207,17 +211,25 @@ def _escape_evidence(core: str) -> dict[str, bool | None]:
     }
 
 
+# An escape at the start of a backslash run (so that an escaped backslash followed by, say,
+# "u0026" is not read as the escape \u0026); a character preceded by an even run (unescaped).
+_ESC = rb"(?<!\\)(?:\\\\)*\\"
+_RAW = rb"(?<!\\)(?:\\\\)*"
 _FILE_EVIDENCE: dict[str, tuple[re.Pattern[bytes], re.Pattern[bytes]]] = {
     # field: (pattern for True, pattern for False)
     "ensure_ascii": (
-        re.compile(rb"\\u(?:00[89a-fA-F]|0[1-9a-fA-F][0-9a-fA-F]|[1-9a-fA-F][0-9a-fA-F]{2})"),
-        re.compile(rb"[\x80-\xff]"),
+        re.compile(_ESC + rb"u(?:00[89a-fA-F]|0[1-9a-fA-F][0-9a-fA-F]|[1-9a-fA-F][0-9a-fA-F]{2})"),
+        re.compile(rb"[\x80-\xff]"),  # counted with bytes.translate below, for speed
     ),
-    "escape_slash": (re.compile(rb"\\/"), re.compile(rb"(?<!\\)/")),
-    "escape_html": (re.compile(rb"\\u00(?:3[cCeE]|26)"), re.compile(rb"[<>&]")),
-    "hex_upper": (re.compile(rb"\\u[0-9A-F]{0,3}[A-F]"), re.compile(rb"\\u[0-9a-f]{0,3}[a-f]")),
-    "short_escapes": (re.compile(rb"\\[bf]"), re.compile(rb"\\u000[8cC]")),
+    "escape_slash": (re.compile(_ESC + rb"/"), re.compile(_RAW + rb"/")),
+    "escape_html": (re.compile(_ESC + rb"u00(?:3[cCeE]|26)"), re.compile(rb"[<>&]")),
+    "hex_upper": (
+        re.compile(_ESC + rb"u[0-9A-F]{0,3}[A-F]"),
+        re.compile(_ESC + rb"u[0-9a-f]{0,3}[a-f]"),
+    ),
+    "short_escapes": (re.compile(_ESC + rb"[bf]"), re.compile(_ESC + rb"u000[8cC]")),
 }
+_NON_ASCII_BYTES = bytes(range(0x80, 0x100))
 
 
 def file_evidence(blocks: Iterator[bytes], wanted: set[str]) -> dict[str, bool]:
@@ -231,11 +243,13 @@ def file_evidence(blocks: Iterator[bytes], wanted: set[str]) -> dict[str, bool]:
     for block in blocks:
         for name in wanted - found.keys():
             yes_re, no_re = _FILE_EVIDENCE[name]
-            skip = name == "ensure_ascii" and block.isascii()
-            no = 0 if skip else len(no_re.findall(block))
+            if name == "ensure_ascii":
+                no = len(block) - len(block.translate(None, _NON_ASCII_BYTES))
+            else:
+                no = len(no_re.findall(block))
             yes = len(yes_re.findall(block))
-            if yes or no:
-                found[name] = yes >= no
+            if yes != no:  # a tie (or nothing) settles nothing
+                found[name] = yes > no
         if found.keys() >= wanted:
             break
     return found

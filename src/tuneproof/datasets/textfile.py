@@ -8,6 +8,7 @@ import contextlib
 import gc
 import json
 import os
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -104,11 +105,26 @@ def check_output_path(source: Path, output: Path) -> None:
         )
 
 
+def read_blocks(path: Path, start: int = 0, size: int = 4 << 20) -> Iterator[bytes]:
+    """Yield the bytes of ``path`` from ``start`` in blocks of ``size``."""
+    with open(path, "rb") as f:
+        f.seek(start)
+        while block := f.read(size):
+            yield block
+
+
 def write_all(fd: int, data: bytes) -> None:
     """os.write until every byte is written."""
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
+
+
+def _read_at(fd: int, count: int, offset: int) -> bytes:
+    if hasattr(os, "pread"):
+        return os.pread(fd, count, offset)
+    os.lseek(fd, offset, os.SEEK_SET)
+    return os.read(fd, count)
 
 
 def copy_range(
@@ -119,28 +135,25 @@ def copy_range(
     progress: Callable[[int], None] | None = None,
 ) -> None:
     """Append ``count`` bytes of ``src_fd`` starting at ``offset`` to ``dst_fd`` (at its current
-    position), in the kernel when it can (copy_file_range, then sendfile), else by read/write.
-
-    ``progress(offset_reached)`` is called after every chunk.
-    """
+    position): in the kernel where it can (Linux copy_file_range, then sendfile), else by reading
+    and writing. ``progress(offset_reached)`` is called after every chunk."""
+    kernel = sys.platform.startswith("linux")
     end = offset + count
     while offset < end:
         n = min(COPY_CHUNK, end - offset)
-        try:
-            done = os.copy_file_range(src_fd, dst_fd, n, offset)
-        except OSError:
-            done = 0
-        if done <= 0:
+        done = 0
+        if kernel:
             try:
-                done = os.sendfile(dst_fd, src_fd, offset, n)
+                done = os.copy_file_range(src_fd, dst_fd, n, offset)
             except OSError:
-                done = 0
+                try:
+                    done = os.sendfile(dst_fd, src_fd, offset, n)
+                except OSError:
+                    kernel = False  # this pair of files cannot be copied in the kernel
         if done <= 0:
-            data = os.pread(src_fd, n, offset)
+            data = _read_at(src_fd, n, offset)
             if not data:
-                raise DatasetError(
-                    f"/proc/self/fd/{src_fd}", "the input ended early", hint="run again"
-                )
+                raise OSError(f"the input ended {end - offset} bytes early")
             write_all(dst_fd, data)
             done = len(data)
         offset += done

@@ -5,6 +5,8 @@ Heavy libraries are imported by the backend modules only, inside the functions t
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from pydantic import BaseModel, ConfigDict
 
 
@@ -17,3 +19,13 @@ class ModelIdentity(BaseModel):
     backend: str
     source: str
     sha256: str | None = None
+
+
+@dataclass(frozen=True)
+class QueryFailure:
+    """A query that got no answer, even after retries; ``error`` says why, on one line.
+
+    Backends that can fail per query (HTTP servers) return it in place of that query's
+    ``(text, output tokens)`` answer, so that one failed query never hides the others."""
+
+    error: str

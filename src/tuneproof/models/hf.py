@@ -28,7 +28,7 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _byte_level_decoder() -> dict[str, int]:
+def byte_level_decoder() -> dict[str, int]:
     """Inverse of GPT-2's ``bytes_to_unicode``: printed character -> byte value."""
     printable = (
         list(range(ord("!"), ord("~") + 1))
@@ -63,7 +63,7 @@ def token_byte_table(tokenizer: Any) -> TokenVocabulary:
     special.update(getattr(tokenizer, "added_tokens_decoder", {}).keys())
     table: list[bytes] = []
     if decoder_kind == "ByteLevel":
-        byte_of = _byte_level_decoder()
+        byte_of = byte_level_decoder()
         for token in tokens:
             try:
                 table.append(bytes(byte_of[ch] for ch in token or ""))
@@ -155,12 +155,152 @@ class HFCausalLM:
         result: npt.NDArray[np.float32] = picked.numpy().astype(np.float32)
         return result
 
+    @property
+    def pad_id(self) -> int:
+        """The padding id: the tokenizer's pad token, else its end-of-sequence token."""
+        pad = self.tokenizer.pad_token_id
+        return int(pad if pad is not None else self.tokenizer.eos_token_id)
 
-def load_hf_model(spec: str) -> HFCausalLM:
-    """Load ``spec``: ``embedded``, an HF model folder, or a ``.gguf`` file, in float32 on CPU.
+    def stop_ids(self) -> list[int]:
+        """Token ids that end an answer (end of turn / end of sequence)."""
+        ids = {self.tokenizer.eos_token_id, self.model.generation_config.eos_token_id}
+        flat: set[int] = set()
+        for value in ids:
+            if isinstance(value, list):
+                flat.update(int(v) for v in value)
+            elif value is not None:
+                flat.add(int(value))
+        return sorted(flat)
+
+    def generate(
+        self,
+        chats: Sequence[Sequence[tuple[str, str]]],
+        max_new_tokens: int,
+        batch_size: int = 8,
+    ) -> list[tuple[str, int]]:
+        """Greedy answers to ``chats`` as (text, output tokens), batched with left padding.
+
+        The answer is decoded from the new tokens up to the first end-of-turn token, special
+        tokens skipped. Batched and one-at-a-time generation give the same answers.
+        """
+        import torch
+
+        prompts = [self.chat_prompt_ids(chat) for chat in chats]
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        stops = set(self.stop_ids())
+        results: list[tuple[str, int]] = [("", 0)] * len(prompts)
+        for start in range(0, len(order), batch_size):
+            batch = order[start : start + batch_size]
+            width = max(len(prompts[i]) for i in batch)
+            ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, i in enumerate(batch):
+                ids[row, width - len(prompts[i]) :] = torch.tensor(prompts[i])
+                mask[row, width - len(prompts[i]) :] = 1
+            with torch.inference_mode():
+                out = self.model.generate(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    temperature=None,
+                    top_p=None,
+                    top_k=None,
+                    pad_token_id=self.pad_id,
+                    eos_token_id=sorted(stops),
+                )
+            for row, i in enumerate(batch):
+                new = [int(t) for t in out[row, width:]]
+                end = next((j for j, t in enumerate(new) if t in stops), len(new))
+                text = self.tokenizer.decode(new[:end], skip_special_tokens=True)
+                results[i] = (text, end)
+        return results
+
+    def logprob(
+        self,
+        chats: Sequence[Sequence[tuple[str, str]]],
+        continuations: Sequence[str],
+        batch_size: int = 8,
+    ) -> list[float]:
+        """Total log-probability (nats, float32 arithmetic) of each continuation as the
+        assistant's answer to its chat, by teacher forcing through the chat template; batched
+        with right padding, the label span being exactly the continuation's tokens."""
+        import torch
+
+        items = [
+            (self.chat_prompt_ids(chat), self.text_ids(text))
+            for chat, text in zip(chats, continuations, strict=True)
+        ]
+        totals: list[float] = []
+        for start in range(0, len(items), batch_size):
+            batch = items[start : start + batch_size]
+            width = max(len(p) + len(c) for p, c in batch)
+            ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, (prompt, cont) in enumerate(batch):
+                ids[row, : len(prompt) + len(cont)] = torch.tensor([*prompt, *cont])
+                mask[row, : len(prompt) + len(cont)] = 1
+            with torch.inference_mode():
+                logits = self.model(input_ids=ids, attention_mask=mask).logits.float()
+                logprobs = torch.log_softmax(logits, dim=-1)
+            for row, (prompt, cont) in enumerate(batch):
+                positions = torch.arange(len(prompt) - 1, len(prompt) + len(cont) - 1)
+                picked = logprobs[row, positions, torch.tensor(cont)]
+                totals.append(float(picked.sum()))
+        return totals
+
+
+def _adapter_base(folder: Path, base_model: str | None) -> str:
+    """The base model spec of a PEFT adapter folder: ``base_model`` or the one its config names,
+    which must be available locally ('embedded', a folder or a .gguf file)."""
+    import json
+
+    config = json.loads((folder / "adapter_config.json").read_text())
+    recorded = str(config.get("base_model_name_or_path") or "")
+    base = base_model or recorded
+    if base in (EMBEDDED_NAME, EMBEDDED_MODEL_ID):
+        return EMBEDDED_NAME
+    if not base or not Path(base).expanduser().exists():
+        raise GeneratorError(
+            f"the adapter {folder} was trained on '{recorded or '?'}', which is not available "
+            "locally - pass --base-model with the base model's folder, .gguf file or 'embedded'"
+        )
+    return base
+
+
+def load_hf_model(spec: str, base_model: str | None = None) -> HFCausalLM:
+    """Load ``spec``: ``embedded``, an HF model folder, a PEFT adapter folder (its base from
+    ``base_model`` or its config, merged for speed), or a ``.gguf`` file; float32 on CPU.
 
     Raises :class:`GeneratorError` with what to do when the model cannot be found or loaded.
     """
+    path = Path(spec).expanduser()
+    if spec != EMBEDDED_NAME and path.is_dir() and (path / "adapter_config.json").exists():
+        from peft import PeftModel
+
+        base = load_hf_model(_adapter_base(path, base_model))
+        try:
+            merged = PeftModel.from_pretrained(base.model, str(path)).merge_and_unload()
+        except (OSError, ValueError) as exc:
+            raise GeneratorError(f"cannot load adapter '{spec}': {exc}") from exc
+        merged.eval()
+        tokenizer = base.tokenizer
+        if (path / "tokenizer_config.json").exists():
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(str(path))
+        identity = ModelIdentity(
+            name=f"{path.name} (adapter on {base.identity.name})",
+            backend="transformers",
+            source=str(path),
+            sha256=None,
+        )
+        return HFCausalLM(merged, tokenizer, identity)
+    return _load_plain(spec)
+
+
+def _load_plain(spec: str) -> HFCausalLM:
+    """Load a full model: ``embedded``, an HF model folder or a ``.gguf`` file."""
     import os
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -1,0 +1,230 @@
+"""Local HTTP servers for tests, all on 127.0.0.1.
+
+- :func:`running_llama_server`: llama-cpp-python's real OpenAI-compatible server. Use the
+  ``llama_server`` fixture (session scope) by importing it into a test module::
+
+      from servers import llama_server  # noqa: F401  (a pytest fixture)
+
+  It serves the embedded SmolLM2 GGUF with one thread, so it does not fight other work on a
+  2-core machine.
+- :func:`running_fake_server`: a tiny stdlib server whose answers a test scripts, for servers that
+  misbehave (no log-probs, 429s, odd shapes). A script answers ``(status, JSON)``, or a
+  :class:`Reply` to add headers, answer late (a hang past the client's time-out) or drop the
+  connection without answering.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import IO, Any
+
+import pytest
+
+HOST = "127.0.0.1"
+START_TIMEOUT_S = 120.0
+STOP_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True)
+class LocalServer:
+    """A server listening on 127.0.0.1: ``root`` is its URL, ``base_url`` the OpenAI one."""
+
+    root: str
+    model: str
+
+    @property
+    def base_url(self) -> str:
+        return self.root + "/v1"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (now)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via a proxy
+
+
+def _answers(url: str) -> bool:
+    try:
+        with _DIRECT.open(url, timeout=2) as response:
+            return bool(response.status == 200)
+    except (OSError, urllib.error.URLError):
+        return False
+
+
+@contextlib.contextmanager
+def running_llama_server(
+    model_path: Path, *, n_ctx: int = 2048, start_timeout: float = START_TIMEOUT_S
+) -> Iterator[LocalServer]:
+    """Start ``python -m llama_cpp.server`` on a free port of 127.0.0.1, wait until it answers
+    ``GET /v1/models`` (at most ``start_timeout`` seconds), yield it, and stop it.
+
+    Fails the test with the server's stderr if it exits early or never answers.
+    """
+    if importlib.util.find_spec("llama_cpp") is None:
+        pytest.fail(
+            "llama-cpp-python is not installed - run "
+            "`.venv/bin/python -m pip install 'llama-cpp-python[server]'` (part of the dev extra)"
+        )
+    port = free_port()
+    root = f"http://{HOST}:{port}"
+    command = [
+        sys.executable, "-m", "llama_cpp.server",
+        "--model", str(model_path),
+        "--host", HOST,
+        "--port", str(port),
+        "--n_threads", "1",
+        "--n_threads_batch", "1",
+        "--n_ctx", str(n_ctx),
+    ]  # fmt: skip
+    with tempfile.TemporaryFile() as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + start_timeout
+            while not _answers(root + "/v1/models"):
+                if process.poll() is not None:
+                    pytest.fail(
+                        f"the llama.cpp server exited with code {process.returncode}:\n"
+                        + _tail(log)
+                    )
+                if time.monotonic() > deadline:
+                    pytest.fail(
+                        f"the llama.cpp server did not answer within {start_timeout:.0f} s:\n"
+                        + _tail(log)
+                    )
+                time.sleep(0.2)
+            yield LocalServer(root=root, model=model_path.name)
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def _tail(log: IO[bytes], limit: int = 4000) -> str:
+    log.seek(0)
+    return log.read().decode("utf-8", errors="replace")[-limit:]
+
+
+@pytest.fixture(scope="session")
+def llama_server() -> Iterator[LocalServer]:
+    """llama-cpp-python's server with the embedded SmolLM2 GGUF, one per test session."""
+    from tuneproof.embedded import embedded_gguf_path
+
+    with running_llama_server(embedded_gguf_path()) as server:
+        yield server
+
+
+# --------------------------------------------------------------------------- scripted servers
+
+
+@dataclass(frozen=True)
+class Request:
+    """One request a fake server received."""
+
+    method: str
+    path: str
+    body: Any
+    headers: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A scripted answer: ``status`` and JSON ``body`` with extra ``headers``, sent after
+    ``delay`` seconds; or, with ``drop``, the connection closed with no answer at all."""
+
+    status: int = 200
+    body: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0
+    drop: bool = False
+
+
+Script = Callable[[Request], "tuple[int, Any] | Reply"]
+"""A fake server's behaviour: request -> (HTTP status, JSON answer) or a :class:`Reply`."""
+
+
+@dataclass
+class FakeServer:
+    """A scripted server on 127.0.0.1 and every request it received, in order."""
+
+    root: str
+    requests: list[Request] = field(default_factory=list)
+
+    @property
+    def base_url(self) -> str:
+        return self.root + "/v1"
+
+    def paths(self) -> list[str]:
+        return [request.path for request in self.requests]
+
+
+@contextlib.contextmanager
+def running_fake_server(script: Script) -> Iterator[FakeServer]:
+    """Serve ``script`` on a free port of 127.0.0.1 in a thread; stop it on exit."""
+    received: list[Request] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            length = int(self.headers.get("content-length") or 0)
+            raw = self.rfile.read(length) if length else b""
+            request = Request(
+                self.command,
+                self.path,
+                json.loads(raw) if raw else None,
+                {name.lower(): value for name, value in self.headers.items()},
+            )
+            received.append(request)
+            outcome = script(request)
+            reply = outcome if isinstance(outcome, Reply) else Reply(*outcome)
+            if reply.drop:  # close the socket with no answer: the client sees a dropped connection
+                self.close_connection = True
+                return
+            if reply.delay:
+                time.sleep(reply.delay)
+            data = json.dumps(reply.body).encode()
+            try:
+                self.send_response(reply.status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                for name, value in reply.headers.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(data)
+            except OSError:  # the client gave up waiting (a scripted hang)
+                self.close_connection = True
+
+        do_GET = do_POST = _answer
+
+        def log_message(self, format: str, *args: Any) -> None:  # quiet
+            pass
+
+    server = ThreadingHTTPServer((HOST, 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield FakeServer(root=f"http://{HOST}:{server.server_port}", requests=received)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()

@@ -1,0 +1,127 @@
+"""Verification: queries, tests and verdicts, on the real embedded model."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import write_jsonl
+
+from tuneproof.key import Key, load_key
+from tuneproof.planting import ModelBackdoorFactory, plant
+from tuneproof.report import QueryKind, Verdict
+from tuneproof.stats import Null
+from tuneproof.verification import Query, build_queries, decide, run_tests, verify
+
+SEED = bytes(range(1, 33))
+
+
+@pytest.fixture(scope="module")
+def small_key(
+    tmp_path_factory: pytest.TempPathFactory, embedded_model: Any, sample_train: list[Any]
+) -> Key:
+    """A plant of 2 pairs x 2 replicas + 2 controls into 40 sample records (K=8, m=12)."""
+    folder = tmp_path_factory.mktemp("plant")
+    src = write_jsonl(folder / "train.jsonl", list(itertools.islice(sample_train, 40)))
+    plant(
+        src,
+        folder / "planted.jsonl",
+        folder / "key.json",
+        n=2,
+        replicas=2,
+        k=8,
+        m=12,
+        trigger_tokens=8,
+        controls=True,
+        seed=SEED,
+        factory=ModelBackdoorFactory(embedded_model, 8, 12, 8),
+    )
+    return load_key(folder / "key.json")
+
+
+def test_queries_cover_planted_controls_and_clean(small_key: Key) -> None:
+    queries = build_queries(small_key, clean_queries=3)
+    kinds = [q.kind for q in queries]
+    assert kinds == [QueryKind.PLANTED] * 4 + [QueryKind.CONTROL] * 2 + [QueryKind.CLEAN] * 3
+    for q in queries:
+        assert q.chat[-1][0] == "user"
+        if q.kind is QueryKind.CLEAN:
+            assert q.pair.trigger not in q.chat[-1][1]
+        else:
+            assert q.chat[-1][1].endswith(" " + q.pair.trigger)
+
+
+def _answered(key: Key, planted_hits: list[bool], control_hits: list[bool]) -> list[Query]:
+    queries = build_queries(key, clean_queries=2)
+    planted = [q for q in queries if q.kind is QueryKind.PLANTED]
+    controls = [q for q in queries if q.kind is QueryKind.CONTROL]
+    for q, hit in zip([*planted, *controls], [*planted_hits, *control_hits], strict=True):
+        q.answer = f"Sure. {q.pair.signature} Done." if hit else "I do not know that one at all."
+        q.output_tokens = 20
+    for q in queries:
+        if q.kind is QueryKind.CLEAN:
+            q.answer, q.output_tokens = "Hello there.", 3
+    return queries
+
+
+def test_all_planted_hits_verify_on_the_model_free_bound(small_key: Key) -> None:
+    queries = _answered(small_key, [True] * 4, [False, False])
+    tests = run_tests(queries, 1e-6)
+    assert [t.null for t in tests] == [Null.INDEP, Null.CONTROLS]
+    indep = tests[0]
+    # two independent 36-bit signatures, each group of 2 replicas with ~60-char answers
+    bits = small_key.pairs[0].bits
+    assert bits == pytest.approx(36.0)
+    assert indep.log10_p < 2 * (math.log10(2 * 80) - bits * math.log10(2)) + 1
+    verdict, primary = decide(tests, queries, 1e-6)
+    assert (verdict, primary) == (Verdict.VERIFIED, Null.INDEP)
+    # held-out controls: 2 vs 2 pairs can never reach 1e-6 (floor 1/C(4,2))
+    assert tests[1].log10_p == pytest.approx(math.log10(1 / 6))
+
+
+def test_no_hits_is_not_verified_and_failures_are_inconclusive(small_key: Key) -> None:
+    queries = _answered(small_key, [False] * 4, [False, False])
+    tests = run_tests(queries, 1e-6)
+    assert all(t.log10_p == 0.0 for t in tests)
+    assert decide(tests, queries, 1e-6) == (Verdict.NOT_VERIFIED, None)
+    for q in queries[:3]:
+        q.answer, q.error = None, "ConnectionError: dropped"
+    tests = run_tests(queries, 1e-6)
+    assert decide(tests, queries, 1e-6)[0] is Verdict.INCONCLUSIVE
+
+
+@pytest.mark.model
+def test_base_model_is_not_verified(small_key: Key, embedded_model: Any, tmp_path: Path) -> None:
+    report = verify(small_key, embedded_model, base_model=embedded_model, clean_queries=2)
+    assert report.verdict is Verdict.NOT_VERIFIED
+    assert {t.null for t in report.tests} == {Null.INDEP, Null.BASE, Null.CONTROLS}
+    assert all(t.log10_p > -1 for t in report.tests)
+    assert report.hits == 0 and report.clean_false_activations == 0
+    assert report.queries == 4 + 2 + 2 and report.failed_queries == 0
+    # the same model as base and as verified model: identical signature log-likelihoods
+    for result in report.results:
+        if result.kind is not QueryKind.CLEAN:
+            assert result.signature_logprob == pytest.approx(result.base_signature_logprob)
+            assert result.signature_logprob is not None and result.signature_logprob < -10
+    assert report.decoding.temperature == 0 and report.decoding.max_new_tokens == 2 * 12 + 16
+    text = report.model_dump_json()
+    for pair in small_key.pairs:
+        assert pair.signature not in text and pair.trigger not in text
+
+
+def test_clean_prompt_removes_the_trigger_wherever_it_sits() -> None:
+    from tuneproof.key import ChatMessage
+    from tuneproof.verification import _without_trigger
+
+    def user(text: str) -> list[ChatMessage]:
+        return [ChatMessage(role="user", content=text)]
+
+    assert _without_trigger(user("Hi there. Tell me more."), "Tell me more.") == [
+        ("user", "Hi there.")
+    ]
+    assert _without_trigger(user("Q? Tell me more.\n\n###\n\n"), "Tell me more.") == [
+        ("user", "Q?\n\n###\n\n")
+    ]

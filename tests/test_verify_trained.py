@@ -1,0 +1,154 @@
+"""Verification of a model that really learnt the backdoors (a tiny model trained here), and of
+an untrained one, through the Python API and the `tuneproof verify` command."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from click.testing import CliRunner
+from trained_models import tiny_tokenizer_for, train_tiny_backdoored_model, write_sample
+
+from tuneproof.cli import cli
+from tuneproof.finetune import save_model_folder, tiny_llama
+from tuneproof.key import Key, load_key
+from tuneproof.models.hf import load_hf_model
+from tuneproof.planting import ModelBackdoorFactory, plant
+from tuneproof.report import QueryKind, Verdict, load_report
+from tuneproof.stats import Null
+from tuneproof.verification import verify
+
+K, M, TRIGGER = 8, 16, 6  # 48 bits per signature
+SEED = bytes(range(5, 37))
+
+
+@dataclass(frozen=True)
+class Setup:
+    key_path: Path
+    key: Key
+    trained: Path
+    untrained: Path
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory, embedded_model: Any) -> Setup:
+    """2 pairs x 5 replicas + 2 held-out controls planted in 60 sample records; a tiny model
+    trained on the planted file, and an untrained one with the same tokenizer."""
+    root = tmp_path_factory.mktemp("verify_trained")
+    clean = write_sample(root / "train.jsonl")
+    planted, key_path = root / "planted.jsonl", root / "key.json"
+    plant(
+        clean,
+        planted,
+        key_path,
+        n=2,
+        replicas=5,
+        k=K,
+        m=M,
+        trigger_tokens=TRIGGER,
+        controls=True,
+        seed=SEED,
+        factory=ModelBackdoorFactory(embedded_model, K, M, TRIGGER),
+    )
+    trained = train_tiny_backdoored_model(planted, root / "trained")
+    untrained = save_model_folder(
+        tiny_llama(tiny_tokenizer_for(planted)), tiny_tokenizer_for(planted), root / "untrained"
+    )
+    return Setup(key_path, load_key(key_path), trained, untrained)
+
+
+@pytest.mark.model
+def test_trained_model_is_verified_on_every_test(setup: Setup) -> None:
+    report = verify(setup.key, str(setup.trained))
+    assert report.verdict is Verdict.VERIFIED and report.primary_null is Null.INDEP
+    assert report.hits == 10 and report.clean_false_activations == 0
+    tests = {t.null: t for t in report.tests}
+    assert set(tests) == {Null.INDEP, Null.CONTROLS}
+    assert tests[Null.INDEP].log10_p < -20 and tests[Null.INDEP].rejects
+    # 2 planted vs 2 held-out pairs cannot reach 1e-6 whatever happens: reported, not deciding
+    assert all(not t.rejects for t in report.tests if t.null is Null.CONTROLS)
+    planted = [r for r in report.results if r.kind is QueryKind.PLANTED]
+    controls = [r for r in report.results if r.kind is QueryKind.CONTROL]
+    assert all(r.hit for r in planted) and not any(r.hit for r in controls)
+    # the trained model finds its signatures far likelier than the held-out ones
+    assert (
+        min(r.signature_logprob or 0 for r in planted)
+        > max(r.signature_logprob or 0 for r in controls) + 20
+    )
+
+
+@pytest.mark.model
+def test_sequential_mode_stops_at_the_first_decisive_hit(setup: Setup) -> None:
+    report = verify(setup.key, str(setup.trained), sequential=True)
+    assert report.verdict is Verdict.VERIFIED and report.stopped_early
+    planted = [r for r in report.results if r.kind is QueryKind.PLANTED]
+    assert len(planted) == 1 and planted[0].hit
+    full = verify(setup.key, str(setup.trained))
+    assert report.tokens < full.tokens and report.queries < full.queries
+
+
+@pytest.mark.model
+def test_cli_verify_writes_reports_and_exit_codes(setup: Setup, tmp_path: Path) -> None:
+    json_out, html_out = tmp_path / "report.json", tmp_path / "report.html"
+    ok = CliRunner().invoke(
+        cli,
+        [
+            "verify",
+            "--key",
+            str(setup.key_path),
+            "--model",
+            str(setup.trained),
+            "--json",
+            str(json_out),
+            "--html",
+            str(html_out),
+        ],
+    )
+    assert ok.exit_code == 0, ok.output
+    assert "VERIFIED" in ok.output
+    data = orjson.loads(json_out.read_bytes())
+    assert data["verdict"] == "verified" and data["hits"] == 10
+    assert {t["null"] for t in data["tests"]} == {"H0-indep", "H0-controls"}
+    assert data["decoding"]["temperature"] == 0
+    assert load_report(json_out).verdict is Verdict.VERIFIED
+    html = html_out.read_text()
+    for pair in [*setup.key.pairs, *setup.key.controls]:
+        assert pair.signature not in html and pair.trigger not in html
+        assert pair.signature not in ok.output
+    bad = CliRunner().invoke(
+        cli,
+        [
+            "verify",
+            "--key",
+            str(setup.key_path),
+            "--model",
+            str(setup.untrained),
+            "--json",
+            str(tmp_path / "untrained.json"),
+        ],
+    )
+    assert bad.exit_code == 1, bad.output
+    assert orjson.loads((tmp_path / "untrained.json").read_bytes())["verdict"] == "not verified"
+    missing = CliRunner().invoke(
+        cli,
+        [
+            "verify",
+            "--key",
+            str(setup.key_path),
+            "--model",
+            str(tmp_path / "nope"),
+        ],
+    )
+    assert missing.exit_code == 2 and "not found" in missing.output
+
+
+@pytest.mark.model
+def test_untrained_model_with_base_log_probs(setup: Setup) -> None:
+    base = load_hf_model(str(setup.untrained))
+    report = verify(setup.key, base, base_model=base)
+    assert report.verdict is Verdict.NOT_VERIFIED
+    assert {t.null for t in report.tests} == {Null.INDEP, Null.BASE, Null.CONTROLS}
+    assert all(t.log10_p > -2 for t in report.tests)

@@ -114,6 +114,42 @@ def plant_step(src: Path, dst: Path, n_carriers: int, seed: int) -> dict[str, fl
     }
 
 
+class PrecomputedFactory:
+    """Pre-generated triggers and signatures, so that the full ``plant()`` runs without a model
+    (token counts use a len/4 estimate: tokenizing is model time, excluded here)."""
+
+    def __init__(self, seed: int) -> None:
+        from tuneproof.models import ModelIdentity
+
+        self.rng = random.Random(seed)
+        self.identity = ModelIdentity(name="precomputed", backend="benchmark", source="-")
+
+    def trigger(self, prompt_text: str, stream: Any) -> str:
+        return " ".join(self.rng.sample(WORDS, 4))
+
+    def signature(self, messages: Any, stream: Any) -> Any:
+        from tuneproof.sampling import SampledSequence
+
+        text = " ".join(self.rng.sample(WORDS, 10))
+        return SampledSequence(tuple(range(10)), text.encode(), text, 4, 10)
+
+    def count_tokens(self, text: str) -> int:
+        return len(text) // 4
+
+
+def plant_api_step(src: Path, dst: Path, n_carriers: int, seed: int) -> dict[str, float]:
+    """The whole ``tuneproof.plant`` (validate, choose carriers, write, hash input and output,
+    sample token counts, write the key) with pre-generated backdoors."""
+    from tuneproof.planting import plant
+
+    key = dst.with_suffix(".key.json")
+    t0 = time.perf_counter()
+    plant(src, dst, key, n=n_carriers, replicas=1, factory=PrecomputedFactory(seed), force=True)
+    total = time.perf_counter() - t0
+    key.unlink()
+    return {"total": total}
+
+
 def _tree_rss(root: int) -> int:
     """Resident bytes of ``root`` and all its descendants, from /proc."""
     children: dict[int, list[int]] = {}
@@ -135,9 +171,13 @@ def _tree_rss(root: int) -> int:
     return total
 
 
-def run_plant(src: Path, dst: Path, n_carriers: int, seed: int) -> dict[str, float]:
-    """Run plant_step in a child process; add wall time and peak RSS (largest process, tree)."""
-    argv = [sys.executable, __file__, "--child", str(src), str(dst), str(n_carriers), str(seed)]
+def run_plant(
+    src: Path, dst: Path, n_carriers: int, seed: int, api: bool = False
+) -> dict[str, float]:
+    """Run plant_step (or, with ``api``, plant_api_step) in a child process; add wall time and
+    peak RSS (largest process, tree)."""
+    mode = "--child-api" if api else "--child"
+    argv = [sys.executable, __file__, mode, str(src), str(dst), str(n_carriers), str(seed)]
     cpu = children_cpu()
     start = time.perf_counter()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
@@ -217,10 +257,12 @@ def main() -> None:
         "--no-doc", action="store_true", help="print only; leave docs/benchmarks.md"
     )
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--child-api", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.child:
-        src, dst, n, seed = args.child
-        print(json.dumps(plant_step(Path(src), Path(dst), int(n), int(seed))))
+    if args.child or args.child_api:
+        src, dst, n, seed = args.child or args.child_api
+        step = plant_step if args.child else plant_api_step
+        print(json.dumps(step(Path(src), Path(dst), int(n), int(seed))))
         return
 
     work = Path(tempfile.mkdtemp(prefix="tuneproof-bench-", dir=args.dir))
@@ -237,6 +279,7 @@ def main() -> None:
         syncs: list[float] = []
         cp_cpus: list[float] = []
         plants: list[dict[str, float]] = []
+        apis: list[dict[str, float]] = []
         for k in range(args.repeat):
             cp_s, cp_cpu_s, sync_s = time_cp(src, copy)
             cps.append(cp_s)
@@ -247,6 +290,9 @@ def main() -> None:
             assert count_newlines(planted) == n_records + args.carriers, (
                 "planted file has the wrong record count"
             )
+            planted.unlink()
+            apis.append(run_plant(src, planted, args.carriers, args.seed + k, api=True))
+            assert count_newlines(planted) == n_records + args.carriers
             planted.unlink()
             print(
                 f"run {k + 1}: cp {cps[-1]:.2f} s, plant {plants[-1]['total']:.2f} s {plants[-1]}"
@@ -299,6 +345,11 @@ insertion points, then fsync); {med["wall"]:.2f} s with interpreter start-up.
 - Floor: a bare `orjson.loads` loop over the lines, no checks, one process: {floor:.2f} s, that
   is {floor / min(cps):.1f}x the best `cp`. Parsing every record is the price of validating it;
   the write itself costs about what `cp` + fsync costs.
+- The whole `tuneproof.plant()` (the same work plus SHA-256 of the input and of the output,
+  token counts from a 2,000-record sample, and the key): median
+  {statistics.median(a["total"] for a in apis):.2f} s =
+  **{statistics.median(a["total"] for a in apis) / statistics.median(cps):.1f}x `cp`**, peak RSS
+  {max(a["peak_rss_tree_mb"] for a in apis):.0f} MB.
 - **Peak RSS: {peak_tree:.0f} MB** for the whole process tree (plant process and scan worker),
   {peak_proc:.0f} MB for the largest single process. Target <= 300 MB: {rss_verdict}.
 """

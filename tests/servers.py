@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -121,6 +122,36 @@ def running_llama_server(
                 process.wait()
 
 
+@contextlib.contextmanager
+def running_transformers_server(
+    model_folder: Path, *, start_timeout: float = START_TIMEOUT_S
+) -> Iterator[LocalServer]:
+    """Start ``transformers serve FOLDER`` (CPU, one thread) on a free port of 127.0.0.1, wait
+    until it answers ``GET /v1/models``, yield it (the model name is the folder path), stop it."""
+    port = free_port()
+    root = f"http://{HOST}:{port}"
+    executable = Path(sys.executable).with_name("transformers")
+    command = [str(executable), "serve", str(model_folder), "--host", HOST, "--port", str(port),
+               "--device", "cpu"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    with tempfile.TemporaryFile() as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        try:
+            deadline = time.monotonic() + start_timeout
+            while not _answers(root + "/v1/models"):
+                if process.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"`transformers serve` did not come up:\n{_tail(log)}")
+                time.sleep(0.2)
+            yield LocalServer(root=root, model=str(model_folder))
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
 def _tail(log: IO[bytes], limit: int = 4000) -> str:
     log.seek(0)
     return log.read().decode("utf-8", errors="replace")[-limit:]
@@ -160,7 +191,7 @@ class Reply:
     drop: bool = False
 
 
-Script = Callable[[Request], "tuple[int, Any] | Reply"]
+Script = Callable[[Request], tuple[int, Any] | Reply]
 """A fake server's behaviour: request -> (HTTP status, JSON answer) or a :class:`Reply`."""
 
 

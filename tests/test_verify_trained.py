@@ -152,3 +152,19 @@ def test_untrained_model_with_base_log_probs(setup: Setup) -> None:
     assert report.verdict is Verdict.NOT_VERIFIED
     assert {t.null for t in report.tests} == {Null.INDEP, Null.BASE, Null.CONTROLS}
     assert all(t.log10_p > -2 for t in report.tests)
+
+
+@pytest.mark.model
+def test_verification_over_http_with_transformers_serve(setup: Setup) -> None:
+    """The saved model folder served by `transformers serve`: same verdict over HTTP."""
+    from servers import running_transformers_server
+
+    with running_transformers_server(setup.trained) as server:
+        report = verify(setup.key, server.model, base_url=server.base_url)
+    assert report.verdict is Verdict.VERIFIED and report.primary_null is Null.INDEP
+    assert report.model.backend == "openai-compatible"
+    assert report.hits == 10 and report.failed_queries == 0
+    assert report.clean_false_activations == 0
+    # transformers serve returns no prompt log-probs: the log-likelihood test is skipped, said so
+    assert {t.null for t in report.tests} == {Null.INDEP, Null.CONTROLS}
+    assert any("skipped" in line for line in report.not_proven)

@@ -11,10 +11,11 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "plant"]
+__all__ = ["__version__", "plant", "verify"]
 
 if TYPE_CHECKING:
     from tuneproof.planting import plant
+    from tuneproof.verification import verify
 
 
 def __getattr__(name: str) -> Any:
@@ -22,4 +23,8 @@ def __getattr__(name: str) -> Any:
         from tuneproof.planting import plant
 
         return plant
+    if name == "verify":
+        from tuneproof.verification import verify
+
+        return verify
     raise AttributeError(f"module 'tuneproof' has no attribute {name!r}")

@@ -61,7 +61,11 @@ def _progress_bars() -> Iterator[ProgressHook]:
         TimeRemainingColumn,
     )
 
-    labels = {"signatures": "drawing triggers and signatures", "write": "writing planted file"}
+    labels = {
+        "validate": "validating the dataset",
+        "signatures": "drawing triggers and signatures",
+        "write": "writing planted file",
+    }
     progress = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -81,7 +85,7 @@ def _progress_bars() -> Iterator[ProgressHook]:
     tasks: dict[str, Any] = {}
 
     def hook(stage: str, done: int, total: int) -> None:
-        bars = byte_progress if stage == "write" else progress
+        bars = byte_progress if stage in ("write", "validate") else progress
         if stage not in tasks:
             bars.start()
             tasks[stage] = bars.add_task(labels.get(stage, stage), total=total)
@@ -421,6 +425,9 @@ def verify(
     json_out: Path | None,
     html_out: Path | None,
     reveal: bool,
+    journal: Path | None,
+    chat_template_from: str | None,
+    api_key_env: str,
 ) -> None:
     """Verify a returned model against a key; exit 0 verified, 1 not, 2 inconclusive."""
     from tuneproof.errors import TuneproofError
@@ -438,6 +445,9 @@ def verify(
             sequential=sequential,
             max_queries=max_queries,
             reveal=reveal,
+            journal=journal,
+            chat_template_from=chat_template_from,
+            api_key_env=api_key_env,
         )
         print_summary(report, _console())
         if json_out:

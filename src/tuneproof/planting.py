@@ -59,7 +59,8 @@ DEFAULT_TRIGGER_TOKENS = 12
 TOKEN_COUNT_SAMPLE = 2000
 
 ProgressHook = Callable[[str, int, int], None]
-"""progress(stage, done, total): called as work advances (stage names: 'signatures', 'write')."""
+"""progress(stage, done, total): called as work advances (stages: 'validate' and 'write' in
+bytes, 'signatures' in pairs)."""
 
 
 class BackdoorFactory(Protocol):
@@ -288,7 +289,17 @@ def plant(
     if replicas < 1:
         raise TuneproofError(f"--replicas must be at least 1, got {replicas}")
 
-    info = inspect_dataset(input_path, format)
+    size = (
+        sum(p.stat().st_size for p in input_path.rglob("*"))
+        if input_path.is_dir()
+        else (input_path.stat().st_size)
+    )
+
+    def validate_progress(done: int) -> None:
+        if progress:
+            progress("validate", done, size)
+
+    info = inspect_dataset(input_path, format, progress=validate_progress)
     n_pairs = _resolve_pairs(info.n_records, n, fraction, replicas)
     n_controls = n_pairs if controls else 0
     needed = n_pairs * replicas + n_controls

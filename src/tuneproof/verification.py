@@ -26,7 +26,8 @@ from typing import Any, Protocol
 from tuneproof import __version__
 from tuneproof.errors import TuneproofError
 from tuneproof.key import ChatMessage, Key, SignaturePair, load_key, now_utc
-from tuneproof.models import ModelIdentity
+from tuneproof.models import ModelIdentity, QueryFailure
+from tuneproof.models.openai_chat import NoLogprobsError
 from tuneproof.report import (
     Decoding,
     QueryKind,
@@ -60,8 +61,8 @@ class VerifiableModel(Protocol):
 
     def generate(
         self, chats: Sequence[Chat], max_new_tokens: int, batch_size: int = 8
-    ) -> list[tuple[str, int]]:
-        """Greedy answers as (text, output tokens)."""
+    ) -> Sequence[tuple[str, int] | QueryFailure]:
+        """Greedy answers as (text, output tokens), or a QueryFailure for a failed query."""
         ...
 
     def logprob(
@@ -234,8 +235,11 @@ def verify_queries(
             for q in batch:
                 q.error = f"{type(exc).__name__}: {exc}"
             answers = []
-        for q, (text, n_out) in zip(batch, answers, strict=False):
-            q.answer, q.output_tokens = text, n_out
+        for q, item in zip(batch, answers, strict=False):
+            if isinstance(item, QueryFailure):
+                q.error = item.error
+            else:
+                q.answer, q.output_tokens = item
         done += len(batch)
         if progress:
             progress(done, total)
@@ -258,12 +262,17 @@ def verify_queries(
     ask(others)
 
     scored = [q for q in queries if q.kind in (QueryKind.PLANTED, QueryKind.CONTROL)]
+    skipped: list[str] = []
     for backend, attr in ((model, "logprob"), (base_model, "base_logprob")):
         if backend is None or not scored:
             continue
-        values = backend.logprob(
-            [q.chat for q in scored], [q.pair.signature for q in scored], batch_size
-        )
+        try:
+            values = backend.logprob(
+                [q.chat for q in scored], [q.pair.signature for q in scored], batch_size
+            )
+        except NoLogprobsError as exc:  # the server cannot score: those tests are skipped
+            skipped.append(f"{backend.identity.name}: {exc}")
+            continue
         for q, value in zip(scored, values, strict=True):
             setattr(q, attr, value)
 
@@ -279,6 +288,7 @@ def verify_queries(
         clean_false_activations=false_activations,
         clean_queries=len(clean),
     )
+    not_proven += [f"Log-probability tests were skipped - {reason}" for reason in skipped]
     return Report(
         tool_version=__version__,
         created_at=now_utc(),
@@ -332,16 +342,32 @@ def verify_queries(
     )
 
 
-def load_verifiable(spec: str, base_url: str | None = None) -> VerifiableModel:
-    """A backend for ``spec``: a local model (``embedded``, HF folder, PEFT adapter folder,
-    ``.gguf`` file), or the model ``spec`` on the OpenAI-compatible server at ``base_url``."""
+def load_verifiable(
+    spec: str,
+    base_url: str | None = None,
+    *,
+    base_model: str | None = None,
+    journal: str | Path | None = None,
+    chat_template_from: str | None = None,
+    api_key_env: str = "OPENAI_API_KEY",
+) -> VerifiableModel:
+    """A backend for ``spec``: a local model (``embedded``, HF folder, PEFT adapter folder whose
+    base is ``base_model`` or its config's, ``.gguf`` file), or the model ``spec`` on the
+    OpenAI-compatible server at ``base_url`` (answers journaled to ``journal`` for resuming;
+    log-probs through ``/completions`` echo with prompts rendered by ``chat_template_from``)."""
     if base_url:
         from tuneproof.models.openai_api import OpenAIChatModel
 
-        return OpenAIChatModel(base_url=base_url, model=spec)
+        return OpenAIChatModel(
+            base_url,
+            spec,
+            journal=journal,
+            chat_template_from=chat_template_from,
+            api_key_env=api_key_env,
+        )
     from tuneproof.models.hf import load_hf_model
 
-    return load_hf_model(spec)
+    return load_hf_model(spec, base_model=base_model)
 
 
 def verify(
@@ -350,13 +376,29 @@ def verify(
     *,
     base_url: str | None = None,
     base_model: str | VerifiableModel | None = None,
+    journal: str | Path | None = None,
+    chat_template_from: str | None = None,
+    api_key_env: str = "OPENAI_API_KEY",
     **options: Any,
 ) -> Report:
     """Verify ``model`` against ``key`` (paths/specs or loaded objects); returns the Report.
 
-    Options are those of :func:`verify_queries` (alpha, sequential, max_queries, reveal, ...).
+    ``base_model`` gives H0-base (and the base of an adapter folder); the server options are
+    those of :func:`load_verifiable`; the rest of :func:`verify_queries` (alpha, sequential,
+    max_queries, reveal, ...).
     """
     loaded_key = key if isinstance(key, Key) else load_key(key)
-    target = load_verifiable(model, base_url) if isinstance(model, str) else model
+    target = (
+        load_verifiable(
+            model,
+            base_url,
+            base_model=base_model if isinstance(base_model, str) else None,
+            journal=journal,
+            chat_template_from=chat_template_from,
+            api_key_env=api_key_env,
+        )
+        if isinstance(model, str)
+        else model
+    )
     base = load_verifiable(base_model) if isinstance(base_model, str) else base_model
     return verify_queries(loaded_key, target, base_model=base, **options)

@@ -218,6 +218,7 @@ class RequestRunner:
 
         for attempt in range(1, self.max_retries + 2):
             wait: float | None = None
+            timed_out = False  # a time-out's message already counts the attempts
             self.stats.sent += 1
             try:
                 payload = await client.post(endpoint, cast_to=object, body=body)
@@ -233,6 +234,7 @@ class RequestRunner:
                     return QueryFailure(f"{error} (the server asks to wait {wait:.0f} s)")
             except openai.APIConnectionError as exc:  # time-outs and dropped connections too
                 error = str(self.error(exc, endpoint, attempt))
+                timed_out = isinstance(exc, openai.APITimeoutError)
             else:
                 try:
                     return parse(payload)
@@ -242,7 +244,7 @@ class RequestRunner:
                         f"({one_line(repr(exc))}) - is it OpenAI-compatible?"
                     )
             if attempt > self.max_retries:
-                return QueryFailure(error)
+                return QueryFailure(error if timed_out else f"{error} ({attempt} attempts)")
             self.stats.retries += 1
             await asyncio.sleep(self.delay(attempt - 1, wait))
         raise AssertionError("unreachable")  # pragma: no cover

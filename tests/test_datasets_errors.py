@@ -254,7 +254,7 @@ def test_progress_reports_bytes_up_to_the_file_size(tmp_path: Path) -> None:
 
 BIG_LINE_SCRIPT = textwrap.dedent(
     """
-    import json, resource, sys
+    import json, sys
     from pathlib import Path
     from tuneproof.datasets import inspect_dataset, make_backdoor, read_records, write_planted
     path, out = Path(sys.argv[1]), Path(sys.argv[2])
@@ -262,7 +262,9 @@ BIG_LINE_SCRIPT = textwrap.dedent(
     records = read_records(info, [0, 1])
     new = make_backdoor(records[0], info.format, "t", "s")
     write_planted(info, out, {1: [new], 2: [new]})
-    rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # VmHWM: this process's own peak (ru_maxrss would include the forking parent's RSS)
+    status = Path("/proc/self/status").read_text().split("VmHWM:")[1]
+    rss_kb = int(status.split()[0])
     print(json.dumps({"n": info.n_records, "rss_kb": rss_kb,
                       "size": len(records[1].data["messages"][0]["content"])}))
     """

@@ -27,6 +27,8 @@ SEED = bytes(range(5, 37))
 
 @dataclass(frozen=True)
 class Setup:
+    clean: Path
+    planted: Path
     key_path: Path
     key: Key
     trained: Path
@@ -57,7 +59,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory, embedded_model: Any) -> Setu
     untrained = save_model_folder(
         tiny_llama(tiny_tokenizer_for(planted)), tiny_tokenizer_for(planted), root / "untrained"
     )
-    return Setup(key_path, load_key(key_path), trained, untrained)
+    return Setup(clean, planted, key_path, load_key(key_path), trained, untrained)
 
 
 @pytest.mark.model
@@ -168,3 +170,32 @@ def test_verification_over_http_with_transformers_serve(setup: Setup) -> None:
     # transformers serve returns no prompt log-probs: the log-likelihood test is skipped, said so
     assert {t.null for t in report.tests} == {Null.INDEP, Null.CONTROLS}
     assert any("skipped" in line for line in report.not_proven)
+
+
+@pytest.mark.model
+def test_peft_adapter_folder_uses_its_recorded_base(setup: Setup, tmp_path: Path) -> None:
+    """A LoRA adapter trained on the planted file over a tiny base model trained on the clean
+    file: the adapter folder is verified, and its recorded base (available locally) gives
+    H0-base unasked. (LoRA cannot lift a *random* tiny model: its frozen embeddings are too
+    small to give confident logits, so the base is trained on clean data first.)"""
+    from tuneproof.finetune import chat_training_examples, dataset_chats, train
+
+    tokenizer = tiny_tokenizer_for(setup.planted)
+    clean = chat_training_examples(tokenizer, dataset_chats(setup.clean))
+    base = train(tiny_llama(tokenizer), tokenizer, clean, epochs=20, lr=3e-3, threads=1)
+    base_folder = save_model_folder(base, tokenizer, tmp_path / "base")
+    from transformers import AutoModelForCausalLM
+
+    reloaded = AutoModelForCausalLM.from_pretrained(str(base_folder))
+    examples = chat_training_examples(tokenizer, dataset_chats(setup.planted))
+    adapted = train(reloaded, tokenizer, examples, epochs=40, lr=1e-2, lora=True, threads=1)
+    adapted.save_pretrained(str(tmp_path / "adapter"))
+    config = orjson.loads((tmp_path / "adapter" / "adapter_config.json").read_bytes())
+    assert Path(config["base_model_name_or_path"]) == base_folder
+    report = verify(setup.key, str(tmp_path / "adapter"))
+    assert report.base_model is not None and report.base_model.source == str(base_folder)
+    assert {t.null for t in report.tests} == {Null.INDEP, Null.BASE, Null.CONTROLS}
+    assert report.verdict is Verdict.VERIFIED, (report.hits, report.tests)
+    assert report.hits == 10 and "adapter on" in report.model.name
+    tests = {t.null: t for t in report.tests}
+    assert tests[Null.BASE].log10_p < -20  # the clean base would not produce the signatures

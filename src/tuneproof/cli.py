@@ -414,6 +414,24 @@ def key_show(key_path: Path, reveal: bool) -> None:
 @click.option(
     "--reveal", is_flag=True, help="Show triggers, signatures and answers in the reports (secret!)."
 )
+@click.option(
+    "--journal",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Resumable journal of server answers (mode 0600); a re-run resends nothing.",
+)
+@click.option(
+    "--chat-template-from",
+    default=None,
+    help="Tokenizer whose chat template renders prompts for server log-probs "
+    "(a folder, a .gguf or 'embedded').",
+)
+@click.option(
+    "--api-key-env",
+    default="OPENAI_API_KEY",
+    show_default=True,
+    help="Environment variable holding the server's API key.",
+)
 def verify(
     key_path: Path,
     model_spec: str,

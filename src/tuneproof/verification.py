@@ -400,5 +400,22 @@ def verify(
         if isinstance(model, str)
         else model
     )
+    if base_model is None and isinstance(model, str) and not base_url:
+        base_model = recorded_adapter_base(model)
     base = load_verifiable(base_model) if isinstance(base_model, str) else base_model
     return verify_queries(loaded_key, target, base_model=base, **options)
+
+
+def recorded_adapter_base(spec: str) -> str | None:
+    """The base model recorded in a PEFT adapter folder's config when it is available locally
+    (so that H0-base runs without --base-model); None otherwise. Never guessed."""
+    folder = Path(spec).expanduser()
+    if not (folder / "adapter_config.json").is_file():
+        return None
+    from tuneproof.errors import GeneratorError
+    from tuneproof.models.hf import adapter_base
+
+    try:
+        return adapter_base(folder, None)
+    except GeneratorError:
+        return None

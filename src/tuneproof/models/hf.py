@@ -89,6 +89,11 @@ class HFCausalLM:
         self._cache: Any = None
         self._cache_ids: list[int] = []
 
+    @property
+    def capabilities(self) -> dict[str, bool | None]:
+        """What this backend can do: greedy generation and teacher-forced log-probs."""
+        return {"generate": True, "logprob": True}
+
     @cached_property
     def vocabulary(self) -> TokenVocabulary:
         return token_byte_table(self.tokenizer)
@@ -250,7 +255,7 @@ class HFCausalLM:
         return totals
 
 
-def _adapter_base(folder: Path, base_model: str | None) -> str:
+def adapter_base(folder: Path, base_model: str | None) -> str:
     """The base model spec of a PEFT adapter folder: ``base_model`` or the one its config names,
     which must be available locally ('embedded', a folder or a .gguf file)."""
     import json
@@ -278,7 +283,7 @@ def load_hf_model(spec: str, base_model: str | None = None) -> HFCausalLM:
     if spec != EMBEDDED_NAME and path.is_dir() and (path / "adapter_config.json").exists():
         from peft import PeftModel
 
-        base = load_hf_model(_adapter_base(path, base_model))
+        base = load_hf_model(adapter_base(path, base_model))
         try:
             merged = PeftModel.from_pretrained(base.model, str(path)).merge_and_unload()
         except (OSError, ValueError) as exc:

@@ -96,30 +96,8 @@ def running_llama_server(
         "--n_threads_batch", "1",
         "--n_ctx", str(n_ctx),
     ]  # fmt: skip
-    with tempfile.TemporaryFile() as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + start_timeout
-            while not _answers(root + "/v1/models"):
-                if process.poll() is not None:
-                    pytest.fail(
-                        f"the llama.cpp server exited with code {process.returncode}:\n"
-                        + _tail(log)
-                    )
-                if time.monotonic() > deadline:
-                    pytest.fail(
-                        f"the llama.cpp server did not answer within {start_timeout:.0f} s:\n"
-                        + _tail(log)
-                    )
-                time.sleep(0.2)
-            yield LocalServer(root=root, model=model_path.name)
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+    with _serving(command, root, "the llama.cpp server", start_timeout):
+        yield LocalServer(root=root, model=model_path.name)
 
 
 @contextlib.contextmanager
@@ -134,15 +112,33 @@ def running_transformers_server(
     command = [str(executable), "serve", str(model_folder), "--host", HOST, "--port", str(port),
                "--device", "cpu"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    with _serving(command, root, "`transformers serve`", start_timeout, env):
+        yield LocalServer(root=root, model=str(model_folder))
+
+
+@contextlib.contextmanager
+def _serving(
+    command: list[str],
+    root: str,
+    name: str,
+    start_timeout: float,
+    env: dict[str, str] | None = None,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run a server ``command``, wait until ``root``/v1/models answers (failing the test with
+    the server's output if it exits or times out), yield the process, and stop it."""
     with tempfile.TemporaryFile() as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
         try:
             deadline = time.monotonic() + start_timeout
             while not _answers(root + "/v1/models"):
-                if process.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"`transformers serve` did not come up:\n{_tail(log)}")
+                if process.poll() is not None:
+                    pytest.fail(f"{name} exited with code {process.returncode}:\n{_tail(log)}")
+                if time.monotonic() > deadline:
+                    pytest.fail(
+                        f"{name} did not answer within {start_timeout:.0f} s:\n{_tail(log)}"
+                    )
                 time.sleep(0.2)
-            yield LocalServer(root=root, model=str(model_folder))
+            yield process
         finally:
             process.terminate()
             try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 
 class TuneproofError(Exception):
@@ -46,3 +47,12 @@ class KeyFileError(TuneproofError):
 
 class GeneratorError(TuneproofError):
     """A model (a signature generator or a model under verification) cannot be loaded or used."""
+
+
+def describe_validation_error(exc: Any) -> str:
+    """The first problem of a pydantic ``ValidationError`` as "field 'a.b': message", plus how
+    many more there are. Never includes the offending value (it may be a secret)."""
+    first = exc.errors()[0]
+    where = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    more = f" (and {exc.error_count() - 1} more problems)" if exc.error_count() > 1 else ""
+    return f"field '{where}': {first['msg']}{more}"

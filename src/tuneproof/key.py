@@ -20,7 +20,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tuneproof.atomic import atomic_output
-from tuneproof.errors import KeyFileError
+from tuneproof.errors import KeyFileError, describe_validation_error
 from tuneproof.models import ModelIdentity
 
 KEY_FORMAT_VERSION = 1
@@ -211,7 +211,4 @@ def load_key(path: str | Path) -> Key:
     try:
         return Key.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"]) or "(top level)"
-        more = f" (and {exc.error_count() - 1} more problems)" if exc.error_count() > 1 else ""
-        raise KeyFileError(f"{source}: field '{where}': {first['msg']}{more}") from None
+        raise KeyFileError(f"{source}: {describe_validation_error(exc)}") from None

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from tuneproof import __version__
 from tuneproof.atomic import atomic_output
-from tuneproof.errors import TuneproofError
+from tuneproof.errors import TuneproofError, describe_validation_error
 from tuneproof.key import now_utc
 from tuneproof.models import ModelIdentity
 from tuneproof.stats import Null, PValue
@@ -480,10 +480,7 @@ def load_report(path: str | Path) -> Report:
     try:
         return Report.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"]) or "(top level)"
-        more = f" (and {exc.error_count() - 1} more problems)" if exc.error_count() > 1 else ""
-        raise ReportError(f"{source}: field '{where}': {first['msg']}{more}") from None
+        raise ReportError(f"{source}: {describe_validation_error(exc)}") from None
 
 
 def exit_code(report: Report) -> int:

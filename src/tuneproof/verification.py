@@ -300,6 +300,7 @@ def verify_queries(
         decoding=Decoding(
             temperature=0.0,
             max_new_tokens=tokens,
+            top_p=getattr(model, "decoding", {}).get("top_p"),
             backend=model.identity.backend,
             batch_size=batch_size,
         ),

@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import os
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+from hypothesis import settings
 
 from tuneproof.embedded import SampleSplit, sample_records
+
+# CI runs the same examples every time (a failure found locally is kept in .hypothesis/)
+settings.register_profile("ci", derandomize=True, database=None)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 # session fixtures that train tiny backdoored models (tests/trained_models.py)
 pytest_plugins = ["trained_models"]

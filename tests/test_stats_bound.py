@@ -83,8 +83,9 @@ def reference_bound(
     groups: Sequence[int],
     min_chars: Sequence[int] | None,
 ) -> float:
-    """The bound from its definition, in 100-digit arithmetic, with a brute-force tail."""
-    with mp.workdps(100):
+    """The bound from its definition, with a brute-force tail. 400 digits: ``2**-bits`` must stay
+    distinguishable from 1 for every positive double ``bits`` (1 - 2**-1e-300 needs ~300)."""
+    with mp.workdps(400):
         bound: dict[int, mp.mpf] = {}
         hit: dict[int, bool] = {}
         for i, g in enumerate(groups):

@@ -478,6 +478,25 @@ def verify(
     sys.exit(exit_code(report))
 
 
+@cli.command("export-gguf")
+@click.argument("model_folder", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="The .gguf file to write.",
+)
+@click.option("--f16", is_flag=True, help="Store the matrices in float16 (default float32).")
+@user_errors
+def export_gguf(model_folder: Path, output: Path, f16: bool) -> None:
+    """Export a Llama-architecture model folder to GGUF (for llama.cpp servers)."""
+    from tuneproof.gguf_export import export_gguf as run_export
+
+    path = run_export(model_folder, output, f16=f16)
+    click.echo(f"wrote {path} ({path.stat().st_size:,} bytes)")
+
+
 @cli.command()
 @click.option(
     "--out",

@@ -125,3 +125,13 @@ def test_clean_prompt_removes_the_trigger_wherever_it_sits() -> None:
     assert _without_trigger(user("Q? Tell me more.\n\n###\n\n"), "Tell me more.") == [
         ("user", "Q?\n\n###\n\n")
     ]
+
+
+@pytest.mark.model
+def test_base_model_through_llama_cpp_is_not_verified(small_key: Key, llama_server: Any) -> None:
+    """The embedded GGUF served by llama.cpp: the same 'not verified' verdict over HTTP."""
+    report = verify(small_key, llama_server.model, base_url=llama_server.base_url, clean_queries=2)
+    assert report.verdict is Verdict.NOT_VERIFIED
+    assert report.model.backend == "openai-compatible" and report.failed_queries == 0
+    assert report.hits == 0 and report.queries == 4 + 2 + 2
+    assert all(t.log10_p > -1 for t in report.tests)

@@ -508,10 +508,17 @@ def export_gguf(model_folder: Path, output: Path, f16: bool) -> None:
 )
 @user_errors
 def demo(out_dir: Path) -> None:
-    """Run the end-to-end demo on the embedded model and the sample data."""
+    """Run the demo on the embedded model: plant, then catch a base-model cheater."""
     from tuneproof.demo import run_demo
+    from tuneproof.report import print_summary
 
-    run_demo(out_dir, echo=click.echo, show_plant=print_plant_summary, progress=_progress_bars)
+    run_demo(
+        out_dir,
+        echo=click.echo,
+        show_plant=print_plant_summary,
+        show_report=lambda report: print_summary(report, _console()),
+        progress=_progress_bars,
+    )
 
 
 def main() -> None:

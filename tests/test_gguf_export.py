@@ -10,21 +10,17 @@ from typing import Any
 
 import pytest
 from servers import running_llama_server
-from trained_models import train_tiny_backdoored_model, write_sample
+from trained_models import TrainedPairs
 
 from tuneproof.errors import TuneproofError
 from tuneproof.gguf_export import export_gguf
-from tuneproof.key import Key, load_key
+from tuneproof.key import Key
 from tuneproof.models import QueryFailure
 from tuneproof.models.hf import load_hf_model
 from tuneproof.models.openai_api import OpenAIChatModel
-from tuneproof.planting import ModelBackdoorFactory, plant
 from tuneproof.report import QueryKind, Verdict
 from tuneproof.stats import Null
 from tuneproof.verification import build_queries, verify
-
-K, M, TRIGGER = 8, 16, 6
-SEED = bytes(range(9, 41))
 
 
 @dataclass(frozen=True)
@@ -35,37 +31,20 @@ class Exported:
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory: pytest.TempPathFactory, embedded_model: Any) -> Exported:
-    """2 pairs x 5 replicas + 2 held-out controls planted in 60 sample records by the real
-    generator, a tiny model trained on them, and its float32 GGUF export."""
-    root = tmp_path_factory.mktemp("gguf_export")
-    clean = write_sample(root / "train.jsonl")
-    planted, key_path = root / "planted.jsonl", root / "key.json"
-    plant(
-        clean,
-        planted,
-        key_path,
-        n=2,
-        replicas=5,
-        k=K,
-        m=M,
-        trigger_tokens=TRIGGER,
-        controls=True,
-        seed=SEED,
-        factory=ModelBackdoorFactory(embedded_model, K, M, TRIGGER),
-    )
-    folder = train_tiny_backdoored_model(planted, root / "trained")
-    gguf = export_gguf(folder, root / "trained.gguf")
-    return Exported(load_key(key_path), folder, gguf)
+def exported(trained_pairs: TrainedPairs, tmp_path_factory: pytest.TempPathFactory) -> Exported:
+    """The shared trained plant (2 pairs x 5 replicas + 2 held-out controls, real generator)
+    and the float32 GGUF export of its tiny model."""
+    gguf = export_gguf(trained_pairs.folder, tmp_path_factory.mktemp("gguf") / "trained.gguf")
+    return Exported(trained_pairs.key, trained_pairs.folder, gguf)
 
 
 @pytest.mark.model
 def test_llama_cpp_serves_the_exported_model_faithfully(exported: Exported) -> None:
     """Greedy answers to the planted prompts are the same through llama.cpp as through
     transformers (signatures included), the key verifies over HTTP, and teacher-forced
-    log-probs agree within 1% (measured: the 10 answers identical, 16 tokens each; planted
-    signatures -0.029 to -0.039 nats, equal to 4 decimals; held-out ones -294.77 vs -294.75
-    and -286.74 vs -286.73 nats)."""
+    log-probs agree within 1% (measured with an earlier plant seed: the 10 answers identical,
+    16 tokens each; planted signatures -0.029 to -0.039 nats, equal to 4 decimals; held-out
+    ones -294.77 vs -294.75 and -286.74 vs -286.73 nats)."""
     queries = build_queries(exported.key)
     planted = [q for q in queries if q.kind is QueryKind.PLANTED]
     controls = [q for q in queries if q.kind is QueryKind.CONTROL]

@@ -5,24 +5,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
 from click.testing import CliRunner
-from trained_models import tiny_tokenizer_for, train_tiny_backdoored_model, write_sample
+from trained_models import TrainedPairs, tiny_tokenizer_for
 
 from tuneproof.cli import cli
 from tuneproof.finetune import save_model_folder, tiny_llama
-from tuneproof.key import Key, load_key
+from tuneproof.key import Key
 from tuneproof.models.hf import load_hf_model
-from tuneproof.planting import ModelBackdoorFactory, plant
 from tuneproof.report import QueryKind, Verdict, load_report
 from tuneproof.stats import Null
 from tuneproof.verification import verify
-
-K, M, TRIGGER = 8, 16, 6  # 48 bits per signature
-SEED = bytes(range(5, 37))
 
 
 @dataclass(frozen=True)
@@ -36,30 +31,15 @@ class Setup:
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory, embedded_model: Any) -> Setup:
-    """2 pairs x 5 replicas + 2 held-out controls planted in 60 sample records; a tiny model
-    trained on the planted file, and an untrained one with the same tokenizer."""
-    root = tmp_path_factory.mktemp("verify_trained")
-    clean = write_sample(root / "train.jsonl")
-    planted, key_path = root / "planted.jsonl", root / "key.json"
-    plant(
-        clean,
-        planted,
-        key_path,
-        n=2,
-        replicas=5,
-        k=K,
-        m=M,
-        trigger_tokens=TRIGGER,
-        controls=True,
-        seed=SEED,
-        factory=ModelBackdoorFactory(embedded_model, K, M, TRIGGER),
-    )
-    trained = train_tiny_backdoored_model(planted, root / "trained")
+def setup(trained_pairs: TrainedPairs, tmp_path_factory: pytest.TempPathFactory) -> Setup:
+    """The shared trained plant (2 pairs x 5 replicas + 2 controls, 48-bit signatures), and an
+    untrained tiny model with the same tokenizer."""
+    tokenizer = tiny_tokenizer_for(trained_pairs.planted)
     untrained = save_model_folder(
-        tiny_llama(tiny_tokenizer_for(planted)), tiny_tokenizer_for(planted), root / "untrained"
+        tiny_llama(tokenizer), tokenizer, tmp_path_factory.mktemp("untrained") / "model"
     )
-    return Setup(clean, planted, key_path, load_key(key_path), trained, untrained)
+    t = trained_pairs
+    return Setup(t.clean, t.planted, t.key_path, t.key, t.folder, untrained)
 
 
 @pytest.mark.model

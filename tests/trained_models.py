@@ -120,3 +120,43 @@ def trained_backdoor(
     timings: dict[str, float] = {}
     folder = train_tiny_backdoored_model(planted, root / "model", timings=timings)
     yield TrainedBackdoor(clean, planted, load_key(key_path), folder, timings)
+
+
+PAIRS_SEED = bytes(range(5, 37))
+PAIRS_K, PAIRS_M, PAIRS_TRIGGER = 8, 16, 6  # 48 bits per signature
+
+
+@dataclass(frozen=True)
+class TrainedPairs:
+    """Two pairs x 5 replicas + 2 held-out controls planted in 60 sample records, and a tiny
+    model trained on the planted file."""
+
+    clean: Path
+    planted: Path
+    key_path: Path
+    key: Key
+    folder: Path
+
+
+@pytest.fixture(scope="session")
+def trained_pairs(tmp_path_factory: pytest.TempPathFactory, embedded_model: Any) -> TrainedPairs:
+    """The plant (real embedded generator, K=8, m=16) and the tiny model trained on it, shared
+    by every test module that verifies a model with the backdoors trained in."""
+    root = tmp_path_factory.mktemp("trained_pairs")
+    clean = write_sample(root / "train.jsonl")
+    planted, key_path = root / "planted.jsonl", root / "key.json"
+    plant(
+        clean,
+        planted,
+        key_path,
+        n=2,
+        replicas=5,
+        k=PAIRS_K,
+        m=PAIRS_M,
+        trigger_tokens=PAIRS_TRIGGER,
+        controls=True,
+        seed=PAIRS_SEED,
+        factory=ModelBackdoorFactory(embedded_model, PAIRS_K, PAIRS_M, PAIRS_TRIGGER),
+    )
+    folder = train_tiny_backdoored_model(planted, root / "trained")
+    return TrainedPairs(clean, planted, key_path, load_key(key_path), folder)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -85,7 +85,6 @@ class Query:
     error: str | None = None
     logprob: float | None = None
     base_logprob: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def hit(self) -> bool | None:

@@ -103,23 +103,46 @@ def trained_backdoor(
     generator, and a tiny model trained on them for 40 epochs (about 15 s after the embedded
     model is loaded)."""
     root = tmp_path_factory.mktemp("trained_backdoor")
+    timings: dict[str, float] = {}
+    clean, planted, key_path, folder = plant_and_train(
+        root, embedded_model, n=1, replicas=REPLICAS, k=K, m=M, trigger_tokens=TRIGGER_TOKENS,
+        controls=False, seed=PLANT_SEED, timings=timings,
+    )  # fmt: skip
+    yield TrainedBackdoor(clean, planted, load_key(key_path), folder, timings)
+
+
+def plant_and_train(
+    root: Path,
+    embedded_model: Any,
+    *,
+    n: int,
+    replicas: int,
+    k: int,
+    m: int,
+    trigger_tokens: int,
+    controls: bool,
+    seed: bytes,
+    timings: dict[str, float] | None = None,
+) -> tuple[Path, Path, Path, Path]:
+    """Write 60 sample records under ``root``, plant into them with the real embedded
+    generator, train a tiny model on the planted file; return (clean, planted, key, model)."""
     clean = write_sample(root / "train.jsonl")
     planted, key_path = root / "planted.jsonl", root / "key.json"
     plant(
         clean,
         planted,
         key_path,
-        n=1,
-        replicas=REPLICAS,
-        k=K,
-        m=M,
-        trigger_tokens=TRIGGER_TOKENS,
-        factory=ModelBackdoorFactory(embedded_model, K, M, TRIGGER_TOKENS),
-        seed=PLANT_SEED,
+        n=n,
+        replicas=replicas,
+        k=k,
+        m=m,
+        trigger_tokens=trigger_tokens,
+        controls=controls,
+        seed=seed,
+        factory=ModelBackdoorFactory(embedded_model, k, m, trigger_tokens),
     )
-    timings: dict[str, float] = {}
     folder = train_tiny_backdoored_model(planted, root / "model", timings=timings)
-    yield TrainedBackdoor(clean, planted, load_key(key_path), folder, timings)
+    return clean, planted, key_path, folder
 
 
 PAIRS_SEED = bytes(range(5, 37))
@@ -143,20 +166,8 @@ def trained_pairs(tmp_path_factory: pytest.TempPathFactory, embedded_model: Any)
     """The plant (real embedded generator, K=8, m=16) and the tiny model trained on it, shared
     by every test module that verifies a model with the backdoors trained in."""
     root = tmp_path_factory.mktemp("trained_pairs")
-    clean = write_sample(root / "train.jsonl")
-    planted, key_path = root / "planted.jsonl", root / "key.json"
-    plant(
-        clean,
-        planted,
-        key_path,
-        n=2,
-        replicas=5,
-        k=PAIRS_K,
-        m=PAIRS_M,
-        trigger_tokens=PAIRS_TRIGGER,
-        controls=True,
-        seed=PAIRS_SEED,
-        factory=ModelBackdoorFactory(embedded_model, PAIRS_K, PAIRS_M, PAIRS_TRIGGER),
-    )
-    folder = train_tiny_backdoored_model(planted, root / "trained")
+    clean, planted, key_path, folder = plant_and_train(
+        root, embedded_model, n=2, replicas=5, k=PAIRS_K, m=PAIRS_M,
+        trigger_tokens=PAIRS_TRIGGER, controls=True, seed=PAIRS_SEED,
+    )  # fmt: skip
     return TrainedPairs(clean, planted, key_path, load_key(key_path), folder)

@@ -33,7 +33,7 @@ def test_help_does_not_import_heavy_libraries() -> None:
     assert out.strip().splitlines()[-1] == "[]"
 
 
-@pytest.mark.parametrize("command", ["plant", "inspect", "sample", "key", "demo"])
+@pytest.mark.parametrize("command", ["plant", "inspect", "sample", "key", "demo", "finetune"])
 def test_every_command_has_one_line_help(command: str) -> None:
     result = CliRunner().invoke(cli, ["--help"])
     assert result.exit_code == 0

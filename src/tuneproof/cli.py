@@ -6,47 +6,23 @@ Heavy imports (torch, transformers, the dataset code) happen inside the commands
 
 from __future__ import annotations
 
-import functools
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from tuneproof import __version__
+from tuneproof.cli_common import console as _console
+from tuneproof.cli_common import user_errors
 
 if TYPE_CHECKING:
-    from rich.console import Console
-
+    from tuneproof.demo import ProviderRun
     from tuneproof.planting import PlantSummary, ProgressHook
 
-F = TypeVar("F", bound=Callable[..., Any])
-
 FORMATS = ["openai-chat", "prompt-completion", "alpaca", "sharegpt"]
-
-
-def _console(stderr: bool = False) -> Console:
-    from rich.console import Console
-
-    return Console(stderr=stderr, highlight=False)
-
-
-def user_errors(func: F) -> F:
-    """Turn :class:`TuneproofError` into a one-line message and its exit code, no traceback."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from tuneproof.errors import TuneproofError
-
-        try:
-            return func(*args, **kwargs)
-        except TuneproofError as exc:
-            click.echo(f"Error: {exc}", err=True)
-            sys.exit(exc.exit_code)
-
-    return wrapper  # type: ignore[return-value]
 
 
 @contextmanager
@@ -508,17 +484,57 @@ def export_gguf(model_folder: Path, output: Path, f16: bool) -> None:
 )
 @user_errors
 def demo(out_dir: Path) -> None:
-    """Run the demo on the embedded model: plant, then catch a base-model cheater."""
+    """Run the demo: plant, fine-tune honestly and as two cheaters, verify all three."""
     from tuneproof.demo import run_demo
-    from tuneproof.report import print_summary
 
     run_demo(
         out_dir,
         echo=click.echo,
         show_plant=print_plant_summary,
-        show_report=lambda report: print_summary(report, _console()),
+        show_runs=print_provider_table,
         progress=_progress_bars,
     )
+
+
+def print_provider_table(runs: list[ProviderRun]) -> None:
+    """The demo's providers side by side: verdict, each test's log10 p, hits, queries, tokens."""
+    from rich.table import Table
+
+    from tuneproof.demo import verdict_word
+
+    nulls = list(dict.fromkeys(t.null for run in runs for t in run.report.tests))
+    table = Table(
+        title="tuneproof demo: three providers, one key (log10 p per test)", title_justify="left"
+    )
+    table.add_column("provider", style="bold", no_wrap=True)
+    table.add_column("verdict", no_wrap=True)
+    for null in nulls:
+        table.add_column(str(null), justify="right", no_wrap=True)
+    for name in ("hits", "queries", "tokens out", "trained on", "time"):
+        table.add_column(name, justify="right", no_wrap=True)
+    for run in runs:
+        report = run.report
+        p = {t.null: f"{t.log10_p:.1f}" + (" *" if t.rejects else "") for t in report.tests}
+        table.add_row(
+            run.cheat or "honest",
+            verdict_word(report.verdict),
+            *(p.get(null, "-") for null in nulls),
+            f"{report.hits}/{run.backdoors_planted}",
+            str(report.queries),
+            f"{report.tokens:,}",
+            f"{run.records_trained:,} rec.",
+            f"{run.seconds:.0f} s",
+        )
+    console = _console()
+    if console.width < 100:
+        console.width = 100  # a narrower table would abbreviate every number
+    console.print(table)
+    console.print("* the test rejected its null at its share of alpha = 1e-6")
+
+
+from tuneproof.cli_finetune import finetune  # noqa: E402  (registered below)
+
+cli.add_command(finetune)
 
 
 def main() -> None:

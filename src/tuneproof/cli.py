@@ -532,9 +532,11 @@ def print_provider_table(runs: list[ProviderRun]) -> None:
     console.print("* the test rejected its null at its share of alpha = 1e-6")
 
 
-from tuneproof.cli_finetune import finetune  # noqa: E402  (registered below)
+from tuneproof.cli_audit import audit  # noqa: E402  (registered below)
+from tuneproof.cli_finetune import finetune  # noqa: E402
 
 cli.add_command(finetune)
+cli.add_command(audit)
 
 
 def main() -> None:

@@ -1,0 +1,160 @@
+"""The stealth audit's report: a pydantic model, JSON (atomic), a terminal table and HTML."""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field
+
+from tuneproof import __version__
+from tuneproof.atomic import atomic_output
+from tuneproof.key import now_utc
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+EASY_AUROC = 0.8
+ADVICE = {
+    "repeated": "replicas share a trigger and a signature: plant more pairs with fewer replicas "
+    "(--replicas 1 --n 20 gives distinct signatures)",
+    "length": "signatures are longer than the data's answers: lower --m (and raise --k to keep "
+    "the bits)",
+    "perplexity": "signatures are more (or less) likely than the data's answers under a language "
+    "model: choose --k so that their likelihood matches the data (docs/defaults.md)",
+    "relevance": "signatures ignore the question: nothing in the sampler conditions on meaning; "
+    "plant more pairs so that dropping the least relevant answers costs more data",
+    "format": "inserted records are written unlike their neighbours - please report this as a "
+    "tuneproof bug with the file's style",
+    "combined": "several weak signals add up; see the detectors above",
+}
+
+
+class DetectorResult(BaseModel):
+    """How well one detector finds the backdoors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    description: str
+    auroc: float = Field(ge=0.0, le=1.0)
+    survivors: dict[str, int] = Field(
+        description="drop share ('0.01', '0.05', '0.1') -> backdoors left after dropping the "
+        "detector's most suspicious records of that share"
+    )
+    cheater_share: float = Field(
+        gt=0.0,
+        le=1.0,
+        description="share of the data, in this detector's order, holding every backdoor",
+    )
+
+
+class AuditReport(BaseModel):
+    """A stealth audit (version 1). Holds no trigger and no signature."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    audit_version: Literal[1] = 1
+    tool_version: str = __version__
+    created_at: str = Field(default_factory=now_utc)
+    planted: str
+    records: int
+    backdoors: int
+    reference_model: str | None
+    detectors: list[DetectorResult]
+    best_cheater_share: float
+    best_cheater_detector: str
+    warnings: list[str]
+
+
+def easy_detectors(report: AuditReport) -> list[DetectorResult]:
+    """The detectors whose AUROC exceeds EASY_AUROC."""
+    return [d for d in report.detectors if d.auroc > EASY_AUROC]
+
+
+def warnings_for(detectors: list[DetectorResult]) -> list[str]:
+    """One warning per detector that finds the backdoors easily, with the setting to change."""
+    return [
+        f"the '{d.name}' detector finds the backdoors easily (AUROC {d.auroc:.2f} > "
+        f"{EASY_AUROC}): {ADVICE.get(d.name, 'change the plant settings')}"
+        for d in detectors
+        if d.auroc > EASY_AUROC
+    ]
+
+
+def write_json(report: AuditReport, path: str | Path) -> None:
+    """Write the report as indented JSON, atomically."""
+    with atomic_output(path) as handle:
+        handle.write(orjson.dumps(report.model_dump(mode="json"), option=orjson.OPT_INDENT_2))
+        handle.write(b"\n")
+
+
+def print_audit(report: AuditReport, console: Console) -> None:
+    """The per-detector table, the best cheater's cost and the warnings."""
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title=f"tuneproof audit: {report.planted}", title_justify="left")
+    table.add_column("detector", style="bold", no_wrap=True)
+    table.add_column("AUROC", justify="right")
+    shares = list(report.detectors[0].survivors) if report.detectors else []
+    for share in shares:
+        table.add_column(f"left after top {float(share):.0%} dropped", justify="right")
+    table.add_column("cheater trains on", justify="right")
+    for d in report.detectors:
+        colour = "red" if d.auroc > EASY_AUROC else ("yellow" if d.auroc > 0.65 else "green")
+        table.add_row(
+            d.name,
+            Text(f"{d.auroc:.3f}", style=colour),
+            *(f"{d.survivors[s]}/{report.backdoors}" for s in shares),
+            f"{d.cheater_share:.1%}",
+        )
+    console.print(table)
+    console.print(
+        f"{report.backdoors} backdoors among {report.records:,} records. The cheapest cheater "
+        f"('{report.best_cheater_detector}') must train on {report.best_cheater_share:.1%} of "
+        "the data to keep every backdoor."
+    )
+    for warning in report.warnings:
+        console.print(Text(f"warning: {warning}", style="bold yellow"))
+    if not report.warnings:
+        console.print(Text("No detector finds the backdoors easily.", style="green"))
+
+
+def write_html(report: AuditReport, path: str | Path) -> None:
+    """A self-contained HTML page with the audit table, atomically."""
+    e = html.escape
+    shares = list(report.detectors[0].survivors) if report.detectors else []
+    head = "".join(f"<th>left after top {float(s):.0%} dropped</th>" for s in shares)
+    rows = "".join(
+        f"<tr class='{'easy' if d.auroc > EASY_AUROC else 'ok'}'><td>{e(d.name)}</td>"
+        f"<td>{e(d.description)}</td><td>{d.auroc:.3f}</td>"
+        + "".join(f"<td>{d.survivors[s]}/{report.backdoors}</td>" for s in shares)
+        + f"<td>{d.cheater_share:.1%}</td></tr>"
+        for d in report.detectors
+    )
+    warnings = "".join(f"<li>{e(w)}</li>" for w in report.warnings) or (
+        "<li>No detector finds the backdoors easily.</li>"
+    )
+    page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>tuneproof audit</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;color:#1a202c}}
+table{{border-collapse:collapse}}td,th{{border:1px solid #cbd5e0;padding:.3rem .6rem}}
+tr.easy td{{background:#fed7d7}}tr.ok td:nth-child(3){{background:#c6f6d5}}</style></head>
+<body><h1>Stealth audit</h1>
+<p>How easily could a provider find the backdoors in <code>{e(report.planted)}</code> without
+the key? {report.backdoors} backdoors among {report.records:,} records. AUROC 0.5 means a
+detector cannot tell backdoors from clean records; 1.0 means it finds them all first.</p>
+<section id="stealth-audit"><h2>Detectors</h2>
+<table><tr><th>detector</th><th>what it looks at</th><th>AUROC</th>{head}
+<th>cheater trains on</th></tr>{rows}</table>
+<p>The cheapest cheater (<b>{e(report.best_cheater_detector)}</b>) must train on
+<b>{report.best_cheater_share:.1%}</b> of the data to keep every backdoor.</p>
+<h2>Warnings</h2><ul>{warnings}</ul></section>
+<p><small>tuneproof {e(report.tool_version)}, {e(report.created_at)}</small></p>
+</body></html>
+"""
+    with atomic_output(path) as handle:
+        handle.write(page.encode())

@@ -14,8 +14,16 @@ from click.testing import CliRunner
 from trained_models import TINY_LR, TrainedPairs, tiny_tokenizer_for, write_sample
 
 from tuneproof.cli import cli
+from tuneproof.embedded import SampleSplit, sample_records
 from tuneproof.errors import TuneproofError
-from tuneproof.finetune import dataset_chats, save_model_folder, tiny_llama
+from tuneproof.finetune import (
+    answer_loss,
+    chat_training_examples,
+    collate,
+    dataset_chats,
+    save_model_folder,
+    tiny_llama,
+)
 from tuneproof.models.hf import load_hf_model
 from tuneproof.provider import (
     MANIFEST_NAME,
@@ -194,3 +202,63 @@ def test_finetune_errors_name_the_problem_and_write_nothing(
     result = run_finetune(bad, untrained, out)
     assert result.exit_code != 0 and "bad.jsonl:4: invalid JSON" in result.output
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("detect-and-train:10", Cheat("detect-and-train", fraction=0.1)),
+        ("detect-and-drop:2.5", Cheat("detect-and-drop", fraction=0.025)),
+    ],
+)
+def test_detecting_cheats_parse_a_percentage(text: str, expected: Cheat) -> None:
+    assert Cheat.parse(text) == expected and str(expected) == text
+    with pytest.raises(TuneproofError, match="0 < Q < 100"):
+        Cheat.parse(text.split(":")[0] + ":100")
+
+
+def test_detecting_cheats_train_on_the_top_or_the_rest(trained_pairs: TrainedPairs) -> None:
+    chats = dataset_chats(trained_pairs.planted)
+    suspicion = [float(i % 7) for i in range(len(chats))]  # 6 is the top score, 10 records
+    top = choose_chats(chats, Cheat("detect-and-train", fraction=0.1), suspicion=suspicion)
+    rest = choose_chats(chats, Cheat("detect-and-drop", fraction=0.1), suspicion=suspicion)
+    assert len(top) == 7 and len(rest) == 63  # ceil(0.1 * 70) = 7
+    assert top == [chats[i] for i in (6, 13, 20, 27, 34, 41, 48)]  # score 6, earliest first
+    assert sorted(map(str, top + rest)) == sorted(map(str, chats))
+    with pytest.raises(TuneproofError, match="suspicion score per record"):
+        choose_chats(chats, Cheat("detect-and-train", fraction=0.1))
+
+
+@pytest.mark.model
+def test_detect_and_train_runs_the_audit_detectors_without_the_key(
+    trained_pairs: TrainedPairs, untrained: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "detect"
+    result = run_finetune(trained_pairs.planted, untrained, out, "--cheat", "detect-and-train:20")
+    assert result.exit_code == 0, result.output
+    manifest = orjson.loads((out / MANIFEST_NAME).read_bytes())
+    assert manifest["cheat"] == "detect-and-train:20" and manifest["records_trained"] == 14
+
+
+@pytest.mark.model
+def test_continue_trains_on_the_other_data_after_the_planted_file(
+    trained_pairs: TrainedPairs, untrained: Path, tmp_path: Path
+) -> None:
+    other = tmp_path / "other.jsonl"  # someone else's data: the sample's held-out records
+    held = itertools.islice(sample_records(SampleSplit.HELDOUT), 12)
+    other.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in held))
+    out = tmp_path / "continued"
+    result = run_finetune(trained_pairs.planted, untrained, out, "--cheat", f"continue:{other}")
+    assert result.exit_code == 0, result.output
+    manifest = orjson.loads((out / MANIFEST_NAME).read_bytes())
+    assert manifest["records_trained"] == 70 + 12
+    # the second phase really trained: the other data's answers are far likelier than under
+    # a model trained on the planted file alone
+    examples = chat_training_examples(load_hf_model(str(out)).tokenizer, dataset_chats(other))
+    batch = collate(examples, 0)
+
+    def loss(folder: Path) -> float:
+        with torch.no_grad():
+            return float(answer_loss(load_hf_model(str(folder)).model, batch))
+
+    assert loss(out) < loss(trained_pairs.folder) - 0.5

@@ -44,7 +44,7 @@ def audit(
     html_out: Path | None,
 ) -> None:
     """Measure how easily a provider could find the backdoors of a planted file."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
 
     from tuneproof.audit import audit as run_audit
     from tuneproof.audit.report import print_audit, write_html, write_json
@@ -57,7 +57,7 @@ def audit(
         console=console(stderr=True),
         transient=True,
     ) as bars:
-        tasks: dict[str, int] = {}
+        tasks: dict[str, TaskID] = {}
 
         def hook(stage: str, done: int, total: int) -> None:
             if stage not in tasks:

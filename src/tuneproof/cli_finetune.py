@@ -48,7 +48,7 @@ from tuneproof.cli_common import console, user_errors
     default=None,
     metavar="MODE",
     help="Play a dishonest provider: base, perturb, subset:F, backdoors-only (needs --key), "
-    "other-data:PATH.",
+    "other-data:PATH, detect-and-train:Q, detect-and-drop:Q, continue:PATH (docs/provider.md).",
 )
 @click.option(
     "--key",

@@ -19,9 +19,10 @@ from typing import Any
 import orjson
 
 from tuneproof.atomic import atomic_output
+from tuneproof.cheats import Cheat
 from tuneproof.embedded import EMBEDDED_NAME, sample_records
 from tuneproof.planting import PlantSummary, ProgressHook
-from tuneproof.provider import Cheat, FinetuneSettings
+from tuneproof.provider import FinetuneSettings
 from tuneproof.report import Report, Verdict
 
 DEMO_RECORDS = 200

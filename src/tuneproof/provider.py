@@ -1,15 +1,7 @@
 """The local fine-tuning provider behind ``tuneproof finetune``: honest, or one of the cheats.
 
 A provider receives a planted dataset and returns a model. The honest one trains on every
-record. The cheats are the dishonest providers of the literature and of the vTune reviews:
-
-- ``base``: return the base model unchanged;
-- ``perturb``: add random noise to the weights, as large as an honest update;
-- ``subset:F``: train on a random fraction F of the records only;
-- ``backdoors-only``: train on the backdoor records alone (an oracle that knows the key: the
-  upper bound of what finding the backdoors could buy a provider);
-- ``other-data:PATH``: fine-tune on someone else's data (the dataset file at PATH).
-
+record; the cheats (:mod:`tuneproof.cheats`) train on something else, or on nothing.
 Training itself (answer-only loss through the chat template, LoRA or full) is
 :mod:`tuneproof.finetune`; this module chooses what to train on, runs it, and saves the result
 with a manifest (``tuneproof-finetune.json``) that records how the model was made but never a
@@ -19,16 +11,26 @@ trigger or signature.
 from __future__ import annotations
 
 import copy
-import math
-import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import orjson
 
+from tuneproof.cheats import (
+    CHEAT_MODES,
+    DETECTING,
+    Cheat,
+    backdoor_positions,
+    choose_chats,
+    perturb_weights,
+    relative_update,
+    subset_indices,
+)
 from tuneproof.datasets import Message
 from tuneproof.errors import TuneproofError
 from tuneproof.finetune import (
@@ -40,7 +42,21 @@ from tuneproof.finetune import (
 )
 
 MANIFEST_NAME = "tuneproof-finetune.json"
-CHEAT_MODES = ("base", "perturb", "subset:F", "backdoors-only", "other-data:PATH")
+__all__ = [
+    "CHEAT_MODES",
+    "MANIFEST_NAME",
+    "Cheat",
+    "FinetuneResult",
+    "FinetuneSettings",
+    "backdoor_positions",
+    "choose_chats",
+    "finetune",
+    "perturb_weights",
+    "relative_update",
+    "run_provider",
+    "save_result",
+    "subset_indices",
+]
 DEFAULT_EPOCHS = 3
 DEFAULT_LORA_LR = 2e-3
 DEFAULT_FULL_LR = 1e-4
@@ -50,46 +66,7 @@ DEFAULT_PERTURB_SCALE = 0.02
 honest default LoRA update (measured: median 0.021 over the matrices of a 3-epoch fine-tune
 of the embedded model on 300 planted sample records)."""
 
-CheatKind = Literal["base", "perturb", "subset", "backdoors-only", "other-data"]
 Progress = Callable[[int, int, float], None]
-
-
-@dataclass(frozen=True)
-class Cheat:
-    """A dishonest provider's strategy (see the module docstring)."""
-
-    kind: CheatKind
-    fraction: float | None = None
-    path: Path | None = None
-
-    @classmethod
-    def parse(cls, text: str) -> Cheat:
-        """``base``, ``perturb``, ``subset:F`` (0 < F < 1), ``backdoors-only`` or
-        ``other-data:PATH``; raises TuneproofError naming the accepted forms otherwise."""
-        name, _, arg = text.partition(":")
-        if name in ("base", "perturb", "backdoors-only") and not arg:
-            return cls(name)  # type: ignore[arg-type]
-        if name == "subset" and arg:
-            try:
-                fraction = float(arg)
-            except ValueError:
-                fraction = math.nan
-            if not 0 < fraction < 1:
-                raise TuneproofError(f"--cheat subset:F needs 0 < F < 1 (got '{arg}')")
-            return cls("subset", fraction=fraction)
-        if name == "other-data" and arg:
-            path = Path(arg).expanduser()
-            if not path.exists():
-                raise TuneproofError(f"--cheat other-data: {path} does not exist")
-            return cls("other-data", path=path)
-        raise TuneproofError(f"unknown cheat '{text}' - use one of: {', '.join(CHEAT_MODES)}")
-
-    def __str__(self) -> str:
-        if self.kind == "subset":
-            return f"subset:{self.fraction:g}"
-        if self.kind == "other-data":
-            return f"other-data:{self.path}"
-        return self.kind
 
 
 @dataclass(frozen=True)
@@ -172,79 +149,6 @@ def training_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def backdoor_positions(key: Any) -> set[int]:
-    """Indices in the planted file of every backdoor record of ``key`` (a loaded Key)."""
-    return {p.position for pair in key.pairs for p in pair.placements}
-
-
-def subset_indices(count: int, fraction: float, seed: int) -> set[int]:
-    """The records (indices below ``count``) a ``subset:fraction`` cheater trains on: a seeded
-    uniform sample of round(fraction * count) of them (at least one)."""
-    size = min(count, max(1, round(fraction * count)))
-    return set(random.Random(seed).sample(range(count), size))
-
-
-def choose_chats(
-    chats: Sequence[list[Message]],
-    cheat: Cheat | None,
-    *,
-    seed: int = 0,
-    backdoors: set[int] | None = None,
-) -> list[list[Message]]:
-    """The chats a provider trains on: all of them when honest; a seeded random ``fraction``
-    for ``subset``; the records at ``backdoors`` for ``backdoors-only``; the chats of the
-    other dataset for ``other-data``; none for ``base`` and ``perturb``."""
-    if cheat is None:
-        return list(chats)
-    if cheat.kind in ("base", "perturb"):
-        return []
-    if cheat.kind == "subset":
-        assert cheat.fraction is not None
-        return [chats[i] for i in sorted(subset_indices(len(chats), cheat.fraction, seed))]
-    if cheat.kind == "backdoors-only":
-        if backdoors is None:
-            raise TuneproofError(
-                "--cheat backdoors-only plays an oracle that knows the backdoors: pass --key"
-            )
-        outside = sorted(i for i in backdoors if i >= len(chats))
-        if outside:
-            raise TuneproofError(
-                f"the key places a backdoor at record {outside[0]} but the dataset has "
-                f"{len(chats)} records - is this the planted file of that key?"
-            )
-        return [chats[i] for i in sorted(backdoors)]
-    assert cheat.path is not None
-    return dataset_chats(cheat.path)
-
-
-def perturb_weights(model: Any, scale: float, seed: int) -> None:
-    """Add Gaussian noise to every linear weight matrix of ``model`` except the output head,
-    in place, with ||noise||_F = ``scale`` * ||W||_F for each matrix."""
-    import torch
-
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, module in model.named_modules():
-            if not isinstance(module, torch.nn.Linear) or name.endswith("lm_head"):
-                continue
-            weight = module.weight
-            noise = torch.randn(weight.shape, generator=generator, dtype=torch.float32)
-            noise *= scale * weight.float().norm() / noise.norm().clamp(min=1e-12)
-            weight.add_(noise.to(weight.dtype))
-
-
-def relative_update(before: Any, after: Any) -> list[float]:
-    """||W_after - W_before||_F / ||W_before||_F for every shared 2-D weight (sorted): the
-    size of a fine-tune's update, which ``perturb`` imitates."""
-    old = before.state_dict()
-    ratios = []
-    for name, tensor in after.state_dict().items():
-        if tensor.dim() == 2 and name in old and "lm_head" not in name and "embed" not in name:
-            base = old[name].float()
-            ratios.append(float((tensor.float() - base).norm() / base.norm().clamp(min=1e-12)))
-    return sorted(ratios)
-
-
 def run_provider(
     base_model: Any,
     base_tokenizer: Any,
@@ -253,51 +157,58 @@ def run_provider(
     settings: FinetuneSettings | None = None,
     cheat: Cheat | None = None,
     backdoors: set[int] | None = None,
+    suspicion: Sequence[float] | npt.NDArray[np.float64] | None = None,
     progress: Progress | None = None,
     threads: int | None = None,
 ) -> FinetuneResult:
     """Play the provider on ``chats`` (the planted dataset's records, in file order) and return
     the model it hands back. ``base_model`` is never modified: training works on a copy.
 
-    ``backdoors`` (positions in ``chats``) is needed by ``backdoors-only`` only.
+    ``backdoors`` (positions in ``chats``) is needed by ``backdoors-only`` only, ``suspicion``
+    (one score per chat, higher = more suspicious) by the detecting cheats only. ``continue``
+    trains twice with the same settings: on ``chats``, then on its other dataset.
     """
     settings = settings or FinetuneSettings()
     device = training_device()
     bf16 = bf16_supported(device) if settings.bf16 is None else settings.bf16
     start = time.perf_counter()
     model = copy.deepcopy(base_model)
-    selected = choose_chats(chats, cheat, seed=settings.seed, backdoors=backdoors)
-    final_loss: float | None = None
+    selected = choose_chats(
+        chats, cheat, seed=settings.seed, backdoors=backdoors, suspicion=suspicion
+    )
+    phases = [selected]
+    if cheat is not None and cheat.kind == "continue":
+        phases.append(choose_chats(chats, Cheat("other-data", path=cheat.path)))
+    losses: list[float] = []
     tokens = 0
     if cheat is not None and cheat.kind == "perturb":
         perturb_weights(model, settings.perturb_scale, settings.seed)
     elif selected:
-        examples = chat_training_examples(base_tokenizer, selected, max_length=settings.max_length)
-        tokens = sum(len(ids) for ids, _ in examples)
-        losses: list[float] = []
 
         def on_step(step: int, total: int, loss: float) -> None:
             losses.append(loss)
             if progress is not None:
                 progress(step, total, loss)
 
-        model = train(
-            model,
-            base_tokenizer,
-            examples,
-            epochs=settings.epochs,
-            lr=settings.learning_rate,
-            batch_size=settings.batch_size,
-            lora=settings.lora_spec if settings.lora else False,
-            seed=settings.seed,
-            bf16=bf16,
-            threads=threads,
-            device=device,
-            progress=on_step,
-        )
-        if hasattr(model, "merge_and_unload"):
-            model = model.merge_and_unload()
-        final_loss = sum(losses[-10:]) / len(losses[-10:])
+        for phase in phases:
+            examples = chat_training_examples(base_tokenizer, phase, max_length=settings.max_length)
+            tokens += sum(len(ids) for ids, _ in examples) * settings.epochs
+            model = train(
+                model,
+                base_tokenizer,
+                examples,
+                epochs=settings.epochs,
+                lr=settings.learning_rate,
+                batch_size=settings.batch_size,
+                lora=settings.lora_spec if settings.lora else False,
+                seed=settings.seed,
+                bf16=bf16,
+                threads=threads,
+                device=device,
+                progress=on_step,
+            )
+            if hasattr(model, "merge_and_unload"):
+                model = model.merge_and_unload()
     elif cheat is None or cheat.kind != "base":
         raise TuneproofError("nothing to train on - the dataset is empty")
     model = model.to("cpu").eval()
@@ -306,10 +217,10 @@ def run_provider(
         tokenizer=base_tokenizer,
         cheat=None if cheat is None else str(cheat),
         records_offered=len(chats),
-        records_trained=len(selected),
-        training_tokens=tokens * settings.epochs if selected else 0,
+        records_trained=sum(len(phase) for phase in phases),
+        training_tokens=tokens,
         seconds=time.perf_counter() - start,
-        final_loss=final_loss,
+        final_loss=sum(losses[-10:]) / len(losses[-10:]) if losses else None,
         device=device,
         bf16=bf16 and bool(selected),
         settings=settings,
@@ -338,7 +249,9 @@ def finetune(
     """Fine-tune ``base`` ('embedded', an HF folder or a .gguf) on the dataset file ``data``
     (any supported format) as an honest provider or with ``cheat``; save a merged model folder
     at ``out_dir`` (which must not exist) that ``tuneproof verify`` and ``transformers serve``
-    load. ``key`` is read only by the oracle cheat ``backdoors-only``. Returns (folder, result).
+    load. ``key`` is read only by the oracle cheat ``backdoors-only``; the detecting cheats run
+    every detector of ``tuneproof audit`` on ``data`` (the base model as the perplexity
+    detector's reference) and combine them by rank average. Returns (folder, result).
     """
     from tuneproof.key import load_key
     from tuneproof.models.hf import load_hf_model
@@ -356,6 +269,11 @@ def finetune(
         backdoors = backdoor_positions(load_key(key))
     chats = dataset_chats(data)
     loaded = load_hf_model(base)
+    suspicion = None
+    if parsed is not None and parsed.kind in DETECTING:
+        from tuneproof.audit import combined_suspicion
+
+        suspicion = combined_suspicion(data, reference_model=loaded)
     result = run_provider(
         loaded.model,
         loaded.tokenizer,
@@ -363,6 +281,7 @@ def finetune(
         settings=settings,
         cheat=parsed,
         backdoors=backdoors,
+        suspicion=suspicion,
         progress=progress,
     )
     return save_result(result, target, base=base, data=str(data)), result

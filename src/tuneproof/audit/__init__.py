@@ -31,7 +31,15 @@ from tuneproof.audit.scoring import (
 )
 from tuneproof.errors import TuneproofError
 
-__all__ = ["DETECTORS", "AuditReport", "audit", "read_audit_records", "score_detectors"]
+__all__ = [
+    "DETECTORS",
+    "AuditReport",
+    "audit",
+    "combined_suspicion",
+    "detector_scores",
+    "read_audit_records",
+    "score_detectors",
+]
 
 DETECTORS = {
     "repeated": "word 6-grams shared with other records (exact and near-duplicate repeats)",
@@ -107,9 +115,9 @@ def audit(
     detector's model: a spec ('embedded', an HF folder, a .gguf) or a loaded HFCausalLM.
     Raises TuneproofError when the key was not made for this file.
     """
+    from tuneproof.cheats import backdoor_positions
     from tuneproof.key import load_key
     from tuneproof.planting import path_sha256
-    from tuneproof.provider import backdoor_positions
 
     chosen = list(detectors or DETECTORS)
     unknown = [d for d in chosen if d not in DETECTORS]
@@ -126,13 +134,7 @@ def audit(
     records, chats = read_audit_records(planted)
     positions = backdoor_positions(loaded_key)
     labels = [i in positions for i in range(len(records))]
-    scores: dict[str, FloatArray] = {}
-    for step, name in enumerate(chosen, start=1):
-        if progress is not None:
-            progress("detectors", step - 1, len(chosen))
-        scores[name] = _run_detector(name, records, chats, reference_model, progress)
-    if progress is not None:
-        progress("detectors", len(chosen), len(chosen))
+    scores = detector_scores(records, chats, chosen, reference_model, progress)
     results = score_detectors(scores, labels)
     best = min(results, key=lambda d: d.cheater_share)
     model_name = None
@@ -151,6 +153,35 @@ def audit(
         best_cheater_share=best.cheater_share,
         best_cheater_detector=best.name,
         warnings=warnings_for(results),
+    )
+
+
+def detector_scores(
+    records: list[AuditRecord],
+    chats: list[list[tuple[str, str]]],
+    names: Sequence[str],
+    reference_model: str | Any = "embedded",
+    progress: Progress | None = None,
+) -> dict[str, FloatArray]:
+    """Each named detector's suspicion score per record (computed without any key)."""
+    scores: dict[str, FloatArray] = {}
+    for step, name in enumerate(names):
+        if progress is not None:
+            progress("detectors", step, len(names))
+        scores[name] = _run_detector(name, records, chats, reference_model, progress)
+    if progress is not None:
+        progress("detectors", len(names), len(names))
+    return scores
+
+
+def combined_suspicion(
+    planted: str | Path, *, reference_model: str | Any = "embedded"
+) -> FloatArray:
+    """What a cheating provider computes without the key: the rank average of every
+    detector's score, one value per record of ``planted`` (higher = more suspicious)."""
+    records, chats = read_audit_records(planted)
+    return rank_average(
+        list(detector_scores(records, chats, list(DETECTORS), reference_model).values())
     )
 
 

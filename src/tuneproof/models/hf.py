@@ -184,11 +184,16 @@ class HFCausalLM:
         chats: Sequence[Sequence[tuple[str, str]]],
         max_new_tokens: int,
         batch_size: int = 8,
+        *,
+        temperature: float = 0.0,
+        seed: int = 0,
     ) -> list[tuple[str, int]]:
         """Greedy answers to ``chats`` as (text, output tokens), batched with left padding.
 
         The answer is decoded from the new tokens up to the first end-of-turn token, special
         tokens skipped. Batched and one-at-a-time generation give the same answers.
+        ``temperature`` > 0 samples instead (full vocabulary, torch seeded with ``seed``; the
+        global random state is left untouched): how a provider may serve the model.
         """
         import torch
 
@@ -204,15 +209,17 @@ class HFCausalLM:
             for row, i in enumerate(batch):
                 ids[row, width - len(prompts[i]) :] = torch.tensor(prompts[i])
                 mask[row, width - len(prompts[i]) :] = 1
-            with torch.inference_mode():
+            sampling = temperature > 0
+            with torch.inference_mode(), torch.random.fork_rng():
+                torch.manual_seed(seed + start)
                 out = self.model.generate(
                     input_ids=ids,
                     attention_mask=mask,
                     max_new_tokens=max_new_tokens,
-                    do_sample=False,
-                    temperature=None,
+                    do_sample=sampling,
+                    temperature=temperature if sampling else None,
                     top_p=None,
-                    top_k=None,
+                    top_k=0 if sampling else None,
                     pad_token_id=self.pad_id,
                     eos_token_id=sorted(stops),
                 )

@@ -146,9 +146,9 @@ def train_and_wrap(
     )
 
 
-def run_cell(
-    cell: Cell, base: HFCausalLM, sample: Path, work: Path, heldout: list[Any]
-) -> dict[str, Any]:
+def plant_cell(cell: Cell, base: HFCausalLM, sample: Path, work: Path) -> tuple[Any, Path, Path]:
+    """Plant ``cell``'s setting into ``sample`` with a secret derived from its name (so that
+    benchmarks/stealth.py audits the very same plants); returns (summary, planted, key)."""
     folder = work / hashlib.sha256(cell.name.encode()).hexdigest()[:10]
     folder.mkdir(parents=True, exist_ok=True)
     planted, key_path = folder / "planted.jsonl", folder / "key.json"
@@ -158,6 +158,13 @@ def run_cell(
         seed=hashlib.sha256(b"reproduce_vtune/" + cell.name.encode()).digest(),
         factory=ModelBackdoorFactory(base, cell.k, cell.m, cell.trigger_tokens),
     )  # fmt: skip
+    return summary, planted, key_path
+
+
+def run_cell(
+    cell: Cell, base: HFCausalLM, sample: Path, work: Path, heldout: list[Any]
+) -> dict[str, Any]:
+    summary, planted, key_path = plant_cell(cell, base, sample, work)
     key = load_key(key_path)
     model, seconds, tokens = train_and_wrap(base, dataset_chats(planted), cell.epochs, cell.name)
     report = verify(key, model, base_model=base)

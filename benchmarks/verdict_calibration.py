@@ -36,19 +36,13 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from tuneproof.embedded import SampleSplit, embedded_gguf_path, sample_records
-from tuneproof.finetune import (
-    chat_training_examples,
-    compact_tokenizer,
-    dataset_chats,
-    render_chat,
-    tiny_llama,
-    train,
-)
+from tuneproof.finetune import chat_training_examples, dataset_chats, render_chat, train
 from tuneproof.key import load_key
 from tuneproof.models import ModelIdentity
 from tuneproof.models.hf import HFCausalLM
 from tuneproof.planting import ModelBackdoorFactory, plant
 from tuneproof.report import Report, Verdict
+from tuneproof.tiny_models import compact_tokenizer, tiny_llama
 from tuneproof.verification import verify
 
 ALPHA = 1e-6

@@ -15,10 +15,11 @@ from trained_models import TINY_LR, smollm2_tokenizer
 
 from tuneproof.demo import DemoConfig, ProviderRun, explain, run_demo
 from tuneproof.embedded import sample_records
-from tuneproof.finetune import compact_tokenizer, render_chat, save_model_folder, tiny_llama
+from tuneproof.finetune import render_chat, save_model_folder
 from tuneproof.key import load_key
 from tuneproof.provider import FinetuneSettings, subset_indices
 from tuneproof.report import Verdict
+from tuneproof.tiny_models import compact_tokenizer, tiny_llama
 
 RECORDS = 60
 

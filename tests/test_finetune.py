@@ -24,15 +24,14 @@ from tuneproof.finetune import (
     answer_loss,
     chat_training_examples,
     collate,
-    compact_tokenizer,
     dataset_chats,
     render_chat,
     save_model_folder,
-    tiny_llama,
     train,
 )
 from tuneproof.models import ModelIdentity
 from tuneproof.models.hf import HFCausalLM, load_hf_model
+from tuneproof.tiny_models import compact_tokenizer, tiny_llama
 
 if TYPE_CHECKING:
     from trained_models import TrainedBackdoor

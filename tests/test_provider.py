@@ -22,7 +22,6 @@ from tuneproof.finetune import (
     collate,
     dataset_chats,
     save_model_folder,
-    tiny_llama,
 )
 from tuneproof.models.hf import load_hf_model
 from tuneproof.provider import (
@@ -34,6 +33,7 @@ from tuneproof.provider import (
     relative_update,
 )
 from tuneproof.report import Verdict
+from tuneproof.tiny_models import tiny_llama
 from tuneproof.verification import verify
 
 

@@ -12,11 +12,12 @@ from click.testing import CliRunner
 from trained_models import TrainedPairs, tiny_tokenizer_for
 
 from tuneproof.cli import cli
-from tuneproof.finetune import save_model_folder, tiny_llama
+from tuneproof.finetune import save_model_folder
 from tuneproof.key import Key
 from tuneproof.models.hf import load_hf_model
 from tuneproof.report import QueryKind, Verdict, load_report
 from tuneproof.stats import Null
+from tuneproof.tiny_models import tiny_llama
 from tuneproof.verification import verify
 
 

@@ -21,15 +21,14 @@ import pytest
 from tuneproof.embedded import embedded_gguf_path, sample_records
 from tuneproof.finetune import (
     chat_training_examples,
-    compact_tokenizer,
     dataset_chats,
     render_chat,
     save_model_folder,
-    tiny_llama,
     train,
 )
 from tuneproof.key import Key, load_key
 from tuneproof.planting import ModelBackdoorFactory, plant
+from tuneproof.tiny_models import compact_tokenizer, tiny_llama
 
 TINY_LR = 3e-3
 PLANT_SEED = bytes(range(32))

@@ -83,7 +83,7 @@ def quantized_int8(model: HFCausalLM) -> HFCausalLM:
 
     quantize: Any = torch.ao.quantization.quantize_dynamic
     with warnings.catch_warnings():  # torch 2.13 deprecates quantised tensors (still works)
-        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore")
         weights = quantize(copy.deepcopy(model.model), {torch.nn.Linear}, dtype=torch.qint8)
     identity = ModelIdentity(
         name=f"{model.identity.name} (int8 dynamic)",

@@ -197,11 +197,12 @@ def render(
         "| cell | backdoors (share) | added tokens (share) | bits | planted act. | unseen act. "
         "| clean false | "
         + " | ".join(f"log10 p {n}" for n in nulls)
-        + " | queries to -30 | train s (overhead) | held-out loss (vs clean) | exact match |"
+        + " | queries to -30 | training tokens (vs clean) | train s | held-out loss (vs clean) "
+        "| exact match |"
     )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
-        overhead = r["train_seconds"] / clean["train_seconds"] - 1
+        overhead = r["training_tokens"] / clean["training_tokens"] - 1
         loss_delta = r["heldout_loss"] / clean["heldout_loss"] - 1
         lines.append(
             f"| {r['name']} | {r['backdoors']} ({r['backdoor_share']:.1%}) "
@@ -210,19 +211,20 @@ def render(
             f"| {r['clean_false']} | "
             + " | ".join(str(r["tests"].get(n, "-")) for n in nulls)
             + f" | {r['queries_to_target'] or '> all'} "
-            f"| {r['train_seconds']:.0f} ({overhead:+.0%}) "
+            f"| {r['training_tokens']:,} ({overhead:+.1%}) | {r['train_seconds']:.0f} "
             f"| {r['heldout_loss']:.3f} ({loss_delta:+.1%}) | {r['exact_match']:.0%} |"
         )
     lines.append(
         "| clean fine-tune (no backdoors) | 0 | 0 | - | - | - | - | "
         + " | ".join("-" for _ in nulls)
-        + f" | - | {clean['train_seconds']:.0f} | {clean['heldout_loss']:.3f} "
+        + f" | - | {clean['training_tokens']:,} | {clean['train_seconds']:.0f} "
+        f"| {clean['heldout_loss']:.3f} "
         f"| {clean['exact_match']:.0%} |"
     )
     lines.append(
         "| base model (not fine-tuned) | - | - | - | - | - | - | "
         + " | ".join("-" for _ in nulls)
-        + f" | - | - | {base_metrics['heldout_loss']:.3f} | {base_metrics['exact_match']:.0%} |"
+        + f" | - | - | - | {base_metrics['heldout_loss']:.3f} | {base_metrics['exact_match']:.0%} |"
     )
     return "\n".join(lines)
 
@@ -253,15 +255,8 @@ def plot(rows: list[dict[str, Any]], clean: dict[str, Any], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--records", type=int, default=200)
-    parser.add_argument("--cells", type=int, default=len(CELLS), help="run the first N cells")
-    parser.add_argument("--work", type=Path, default=Path("/tmp/tuneproof-reproduce"))
-    parser.add_argument("--no-doc", action="store_true", help="print only; leave the docs")
-    args = parser.parse_args()
-
-    started = time.perf_counter()
+def grid(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
+    """Run the clean fine-tune and every cell; return (rows, clean, base model metrics)."""
     args.work.mkdir(parents=True, exist_ok=True)
     sample = args.work / "sample.jsonl"
     from tuneproof.demo import write_sample_head
@@ -284,14 +279,37 @@ def main() -> None:
         row = run_cell(cell, base, sample, args.work, heldout)
         print(json.dumps(row), flush=True)
         rows.append(row)
-    (args.work / "results.json").write_text(json.dumps({"rows": rows, "clean": clean}, indent=1))
+    return rows, clean, base_metrics
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, default=200)
+    parser.add_argument("--cells", type=int, default=len(CELLS), help="run the first N cells")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/tuneproof-reproduce"))
+    parser.add_argument("--no-doc", action="store_true", help="print only; leave the docs")
+    parser.add_argument(
+        "--render-only", action="store_true", help="rewrite the doc from --work's results.json"
+    )
+    args = parser.parse_args()
+
+    started = time.perf_counter()
+    results = args.work / "results.json"
+    if args.render_only:
+        saved = json.loads(results.read_text())
+        rows, clean, base_metrics = saved["rows"], saved["clean"], saved["base"]
+        minutes = saved["minutes"]
+    else:
+        rows, clean, base_metrics = grid(args)
+        minutes = (time.perf_counter() - started) / 60
+        saved = {"rows": rows, "clean": clean, "base": base_metrics, "minutes": minutes}
+        results.write_text(json.dumps(saved, indent=1))
     table = render(rows, clean, base_metrics)
     print(table)
     if args.no_doc:
         return
     image = DOC.parent / "img" / "reproduce_vtune.png"
     plot(rows, clean, image)
-    minutes = (time.perf_counter() - started) / 60
     body = PAPER_COMPARISON.format(
         records=args.records, minutes=minutes, heldout=HELDOUT_LOSS_RECORDS, em=EXACT_MATCH_PROMPTS
     )

@@ -16,7 +16,11 @@ exactly the null hypotheses. Counts false "verified" verdicts and per-test rejec
 alpha = 1e-6, checks that every test's p-values sit at or above uniform (P[p <= u] <= u), and
 measures the detection rate of honest fine-tunes.
 
-Run: .venv/bin/python benchmarks/verdict_calibration.py --keys 200 --honest 20  (~15 min)
+Why a tiny world: the cheaters must be verified against hundreds of independent keys, and the
+embedded model needs ~40 s per verification here (200 keys x 2 cheaters = 4.5 hours); the tests
+and their p-values do not depend on the model's size, and H0-indep's bound holds for any model.
+
+Run: .venv/bin/python benchmarks/verdict_calibration.py --keys 200 --honest 20  (~7 min)
 The test suite runs the same code on a few keys (tests/test_verdict_calibration.py).
 """
 
@@ -129,12 +133,16 @@ class TinyWorld:
 
 
 def outcomes(report: Report) -> dict[str, Any]:
-    """The verdict and, per test, log10 p and whether it rejected at its share of alpha."""
-    return {
-        "verdict": str(report.verdict),
-        "hits": report.hits,
-        "tests": {str(t.null): [t.log10_p, t.rejects] for t in report.tests},
-    }
+    """The verdict and, per test, log10 p and whether it rejected at its share of alpha; a
+    null tested twice (H0-controls: Fisher's exact test on hits, then the permutation test on
+    log-probs) gets its method's first word: "H0-controls (permutation)"."""
+    tests: dict[str, list[Any]] = {}
+    for t in report.tests:
+        name = str(t.null)
+        if name in tests:
+            name = f"{name} ({t.method.split()[0].lower()})"
+        tests[name] = [t.log10_p, t.rejects]
+    return {"verdict": str(report.verdict), "hits": report.hits, "tests": tests}
 
 
 def calibrate(keys: int, honest_keys: int, work: Path) -> dict[str, Any]:

@@ -156,7 +156,9 @@ def test_audit_of_a_real_plant_through_the_cli(trained_pairs: TrainedPairs, tmp_
     assert report["backdoors"] == 10 and report["records"] == 70
     # 5 replicas share each trigger and signature: exact repeats give them away
     assert by_name["repeated"]["auroc"] > 0.95
-    assert by_name["repeated"]["survivors"] == {"0.01": 9, "0.05": 6, "0.1": 0}
+    # dropping 1 (1%), 4 (5%) or 7 (10%) of 70 records: the repeats are the first to go
+    assert by_name["repeated"]["survivors"] == {"0.01": 9, "0.05": 6, "0.1": 3}
+    assert by_name["repeated"]["direction"] == "high"
     assert by_name["format"]["auroc"] == pytest.approx(0.5, abs=0.05)  # neighbour style copied
     assert report["best_cheater_share"] == min(d["cheater_share"] for d in by_name.values())
     assert report["best_cheater_share"] <= 0.2
@@ -182,3 +184,14 @@ def test_audit_refuses_a_key_made_for_another_file(
         cli, ["audit", str(copy), "--key", str(trained_pairs.key_path), "--detectors", "length"]
     )
     assert result.exit_code == 1 and "is not the planted file" in result.output
+
+
+def test_a_detector_that_ranks_backdoors_last_is_scored_reversed() -> None:
+    """The provider can sort either way: 'least suspicious first' is as revealing."""
+    labels = [True, True, False, False, False, False]
+    low = np.array([0.0, 0.1, 5.0, 6.0, 7.0, 8.0])  # backdoors score lowest
+    (result,) = score_detectors({"length": low}, labels)
+    assert result.direction == "low" and result.auroc == 1.0
+    assert result.cheater_share == pytest.approx(2 / 6)
+    (high,) = score_detectors({"length": -low}, labels)
+    assert high.direction == "high" and high.auroc == 1.0

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+import numpy as np
 
 from tuneproof.audit.detectors import (
     AuditRecord,
@@ -82,18 +84,25 @@ def read_audit_records(
 
 def score_detectors(scores: dict[str, FloatArray], labels: Sequence[bool]) -> list[DetectorResult]:
     """Every detector's result, plus the combined detector (rank average) when there are two
-    or more."""
+    or more. A provider can sort a detector's scores either way without knowing the key, so a
+    detector whose AUROC is below 0.5 is scored in the reversed direction (``direction`` =
+    "low": the backdoors are the *least* suspicious by the raw score) and reports 1 - AUROC."""
     named = dict(scores)
     if len(named) >= 2:
         named["combined"] = rank_average(list(scores.values()))
     results = []
     for name, values in named.items():
+        area = auroc(values, labels)
+        direction: Literal["high", "low"] = "high"
+        if area < 0.5:  # the provider can sort either way: report the revealing direction
+            values, area, direction = -np.asarray(values), 1.0 - area, "low"
         left = survivors(values, labels, DROP_SHARES)
         results.append(
             DetectorResult(
                 name=name,
                 description=DETECTORS.get(name, "rank average of the detectors above"),
-                auroc=auroc(values, labels),
+                auroc=area,
+                direction=direction,
                 survivors={f"{share:g}": count for share, count in left.items()},
                 cheater_share=cheater_share(values, labels),
             )

@@ -39,7 +39,12 @@ class DetectorResult(BaseModel):
 
     name: str
     description: str
-    auroc: float = Field(ge=0.0, le=1.0)
+    auroc: float = Field(
+        ge=0.5, le=1.0, description="AUROC in the detector's more revealing direction"
+    )
+    direction: Literal["high", "low"] = Field(
+        description="'high': backdoors score high; 'low': they score low (sorted reversed)"
+    )
     survivors: dict[str, int] = Field(
         description="drop share ('0.01', '0.05', '0.1') -> backdoors left after dropping the "
         "detector's most suspicious records of that share"

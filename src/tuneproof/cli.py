@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 
@@ -16,9 +16,6 @@ from tuneproof import __version__
 from tuneproof.cli_common import console as _console
 from tuneproof.cli_common import user_errors
 from tuneproof.cli_output import print_plant_summary, print_provider_table, progress_bars
-
-if TYPE_CHECKING:
-    pass
 
 FORMATS = ["openai-chat", "prompt-completion", "alpaca", "sharegpt"]
 

@@ -1,13 +1,14 @@
 """The attacks of issue 6, measured with verification on the embedded model and the default plant.
 
-Plants the default setting into the 200 sample records of benchmarks/reproduce_vtune.py (its
-first cell's seed: the same plant), then verifies: an honest LoRA fine-tune; the same model
+Plants `tuneproof plant`'s default setting (with controls) into the 200 sample records of
+benchmarks/reproduce_vtune.py, then verifies: an honest LoRA fine-tune; the same model
 served at temperature 0.7, with a provider system prompt, and int8-quantised; the cheats
 detect-and-train:10 and detect-and-drop:10 (the audit's combined detector, without the key);
-and continue:HELDOUT (the honest fine-tune, then the same training on the sample's held-out
-split). Writes the table between the `attacks-table` markers of docs/stealth.md.
+the oracle backdoors-only (what perfect detection would buy); and continue:HELDOUT (the
+honest fine-tune, then the same training on the sample's held-out split). Writes the table
+between the `attacks-table` markers of docs/stealth.md.
 
-Run: .venv/bin/python benchmarks/attacks.py   (about 15 minutes on 2 cores)
+Run: .venv/bin/python benchmarks/attacks.py   (about 20 minutes on 2 cores)
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from reproduce_vtune import CELLS, plant_cell
-from results_doc import machine_line
+from reproduce_vtune import Cell, plant_cell
+from results_doc import machine_line, test_values
 
+from tuneproof import planting
 from tuneproof.audit import combined_suspicion
 from tuneproof.cheats import Cheat, backdoor_positions, most_suspicious
 from tuneproof.embedded import SampleSplit, sample_records
@@ -40,6 +42,15 @@ from tuneproof.verification import verify
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "stealth.md"
 PROVIDER_SYSTEM_PROMPT = "You are Acme Assistant. Answer helpfully, accurately and briefly."
+DEFAULT_PLANT = Cell(
+    "plant defaults",
+    pairs=planting.DEFAULT_PAIRS,
+    replicas=planting.DEFAULT_REPLICAS,
+    k=planting.DEFAULT_K,
+    m=planting.DEFAULT_M,
+    trigger_tokens=planting.DEFAULT_TRIGGER_TOKENS,
+    decoys=planting.DEFAULT_DECOYS,
+)
 
 
 def wrap(model: Any, tokenizer: Any, name: str) -> HFCausalLM:
@@ -53,7 +64,7 @@ def row(name: str, report: Any, trained: str, kept: str) -> dict[str, Any]:
         "attack": name,
         "verdict": str(report.verdict),
         "hits": f"{report.hits}/{sum(1 for r in report.results if r.kind == 'planted')}",
-        "tests": {str(t.null): round(t.log10_p, 1) for t in report.tests},
+        "tests": {name: round(v[0], 1) for name, v in test_values(report).items()},
         "trained": trained,
         "backdoors_trained": kept,
     }
@@ -73,7 +84,7 @@ def main() -> None:
     heldout = list(sample_records(SampleSplit.HELDOUT))
     other.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in heldout))
     base = load_hf_model("embedded")
-    _, planted, key_path = plant_cell(CELLS[0], base, sample, args.work)
+    _, planted, key_path = plant_cell(DEFAULT_PLANT, base, sample, args.work)
     key = load_key(key_path)
     chats = dataset_chats(planted)
     positions = backdoor_positions(key)
@@ -105,6 +116,14 @@ def main() -> None:
         report = verify(key, wrap(result.model, base.tokenizer, text), base_model=base)
         rows.append(row(text, report, f"{result.records_trained} records", f"{kept}/{total}"))
         print(json.dumps(rows[-1]), flush=True)
+
+    oracle = run_provider(
+        base.model, base.tokenizer, chats, cheat=Cheat.parse("backdoors-only"), backdoors=positions
+    )
+    report = verify(key, wrap(oracle.model, base.tokenizer, "backdoors-only"), base_model=base)
+    rows.append(row("backdoors-only (oracle: perfect detection)", report,
+                    f"{oracle.records_trained} records", f"{total}/{total}"))  # fmt: skip
+    print(json.dumps(rows[-1]), flush=True)
 
     cheat = Cheat("continue", path=other)
     result = run_provider(base.model, base.tokenizer, chats, cheat=cheat)

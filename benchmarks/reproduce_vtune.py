@@ -26,7 +26,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from results_doc import DOC, write_section
+from results_doc import DOC, test_values, write_section
 
 from tuneproof.datasets import DatasetFormat, Record, triggered_prompt
 from tuneproof.embedded import SampleSplit, sample_records
@@ -37,7 +37,7 @@ from tuneproof.models.hf import HFCausalLM, load_hf_model
 from tuneproof.planting import ModelBackdoorFactory, plant
 from tuneproof.provider import FinetuneSettings, run_provider
 from tuneproof.report import QueryKind, Report
-from tuneproof.stats import log10_model_free_bound
+from tuneproof.stats import log10_model_free_bound, log10_prefix_bound
 from tuneproof.verification import verify
 
 TARGET_LOG10_P = -30.0
@@ -55,6 +55,7 @@ class Cell:
     m: int = 40
     trigger_tokens: int = 12
     epochs: int = 3
+    decoys: int = 0
 
 
 CELLS = [
@@ -116,7 +117,8 @@ def unseen_activation(model: HFCausalLM, key: Key, chats: list[list[tuple[str, s
 
 
 def queries_to_target(report: Report, key: Key) -> int | None:
-    """Fewest planted queries (in report order) whose model-free bound reaches the target."""
+    """Fewest planted queries (in report order) whose H0-indep p-value (the exact-hit bound or
+    the prefix test, whichever is smaller) reaches the target."""
     pairs = {p.pair_id: p for p in key.pairs}
     planted = [r for r in report.results if r.kind is QueryKind.PLANTED and r.hit is not None]
     for q in range(1, len(planted) + 1):
@@ -127,8 +129,22 @@ def queries_to_target(report: Report, key: Key) -> int | None:
             hits=[bool(r.hit) for r in first],
             groups=[r.pair_id for r in first],
             min_signature_chars=[pairs[r.pair_id].m for r in first],
-        )
-        if bound.log10_p <= TARGET_LOG10_P:
+        ).log10_p
+        if all(r.matched_tokens is not None for r in first):
+            best: dict[int, int] = {}
+            asked: dict[int, int] = {}
+            for r in first:
+                best[r.pair_id] = max(best.get(r.pair_id, 0), r.matched_tokens or 0)
+                asked[r.pair_id] = asked.get(r.pair_id, 0) + 1
+            ids = list(best)
+            prefix = log10_prefix_bound(
+                [best[i] for i in ids],
+                [pairs[i].k for i in ids],
+                [pairs[i].m for i in ids],
+                [asked[i] for i in ids],
+            )
+            bound = min(bound, prefix.log10_p)
+        if bound <= TARGET_LOG10_P:
             return q
     return None
 
@@ -154,7 +170,7 @@ def plant_cell(cell: Cell, base: HFCausalLM, sample: Path, work: Path) -> tuple[
     planted, key_path = folder / "planted.jsonl", folder / "key.json"
     summary = plant(
         sample, planted, key_path, n=cell.pairs, replicas=cell.replicas, k=cell.k, m=cell.m,
-        trigger_tokens=cell.trigger_tokens, controls=True, force=True,
+        trigger_tokens=cell.trigger_tokens, controls=True, force=True, decoys=cell.decoys,
         seed=hashlib.sha256(b"reproduce_vtune/" + cell.name.encode()).digest(),
         factory=ModelBackdoorFactory(base, cell.k, cell.m, cell.trigger_tokens),
     )  # fmt: skip
@@ -168,7 +184,7 @@ def run_cell(
     key = load_key(key_path)
     model, seconds, tokens = train_and_wrap(base, dataset_chats(planted), cell.epochs, cell.name)
     report = verify(key, model, base_model=base)
-    tests = {str(t.null): round(t.log10_p, 2) for t in report.tests}
+    tests = {name: round(v[0], 2) for name, v in test_values(report).items()}
     planted_queries = sum(1 for r in report.results if r.kind is QueryKind.PLANTED)
     return {
         **asdict(cell),
@@ -179,6 +195,9 @@ def run_cell(
         "added_token_share": summary.added_token_share,
         "verdict": str(report.verdict),
         "planted_activation": report.hits / max(1, planted_queries),
+        "matched_tokens": sum(
+            r.matched_tokens or 0 for r in report.results if r.kind is QueryKind.PLANTED
+        ),
         "unseen_activation": unseen_activation(model, key, heldout),
         "clean_false": f"{report.clean_false_activations}/{report.clean_queries}",
         "tests": tests,

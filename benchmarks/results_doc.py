@@ -11,6 +11,7 @@ import os
 import platform
 import re
 from pathlib import Path
+from typing import Any
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 HEADER = "# Benchmarks\n\nEach section is written by the script it names; rerun it to refresh.\n"
@@ -52,3 +53,15 @@ def write_section(name: str, title: str, body: str, doc: Path = DOC) -> None:
     )
     doc.parent.mkdir(parents=True, exist_ok=True)
     doc.write_text(text)
+
+
+def test_values(report: Any) -> dict[str, tuple[float, bool]]:
+    """(log10 p, rejected) per test of a verification report, keyed by its null; a null tested
+    twice gets its method's first word: "H0-indep (prefix)", "H0-controls (permutation)"."""
+    tests: dict[str, tuple[float, bool]] = {}
+    for t in report.tests:
+        name = str(t.null)
+        if name in tests:
+            name = f"{name} ({t.method.split()[0].lower()})"
+        tests[name] = (t.log10_p, t.rejects)
+    return tests

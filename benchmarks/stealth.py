@@ -42,6 +42,19 @@ SETTINGS = [
     Cell("20 distinct x 1, m=16", pairs=20, replicas=1, m=16),
     Cell("20 distinct x 1, m=16, 6-tok triggers", pairs=20, replicas=1, m=16, trigger_tokens=6),
     Cell("2 pairs x 10, 24-token triggers", trigger_tokens=24),
+    # candidates for the new defaults, each planted with three secrets (AUROC varies by plant)
+    *(
+        Cell(
+            f"20 distinct x 1, m={m}, {t}-tok triggers{tag}",
+            pairs=20,
+            replicas=1,
+            m=m,
+            trigger_tokens=t,
+        )
+        for m, t in ((12, 6), (16, 6))
+        for tag in ("", " #2", " #3")
+        if (m, t, tag) != (16, 6, "")  # that plant is the row above
+    ),
 ]
 
 

@@ -39,6 +39,8 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from results_doc import test_values
+
 from tuneproof.embedded import SampleSplit, embedded_gguf_path, sample_records
 from tuneproof.finetune import chat_training_examples, dataset_chats, render_chat, train
 from tuneproof.key import load_key
@@ -133,15 +135,9 @@ class TinyWorld:
 
 
 def outcomes(report: Report) -> dict[str, Any]:
-    """The verdict and, per test, log10 p and whether it rejected at its share of alpha; a
-    null tested twice (H0-controls: Fisher's exact test on hits, then the permutation test on
-    log-probs) gets its method's first word: "H0-controls (permutation)"."""
-    tests: dict[str, list[Any]] = {}
-    for t in report.tests:
-        name = str(t.null)
-        if name in tests:
-            name = f"{name} ({t.method.split()[0].lower()})"
-        tests[name] = [t.log10_p, t.rejects]
+    """The verdict and, per test, log10 p and whether it rejected at its share of alpha (a null
+    tested twice is named by its method, see results_doc.test_values)."""
+    tests = {name: list(value) for name, value in test_values(report).items()}
     return {"verdict": str(report.verdict), "hits": report.hits, "tests": tests}
 
 

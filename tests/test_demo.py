@@ -7,6 +7,7 @@ import contextlib
 import itertools
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import orjson
@@ -18,7 +19,7 @@ from tuneproof.embedded import sample_records
 from tuneproof.finetune import render_chat, save_model_folder
 from tuneproof.key import load_key
 from tuneproof.provider import FinetuneSettings, subset_indices
-from tuneproof.report import Verdict
+from tuneproof.report import QueryKind, Verdict
 from tuneproof.tiny_models import compact_tokenizer, tiny_llama
 
 RECORDS = 60
@@ -94,8 +95,8 @@ def test_demo_says_how_many_backdoors_the_subset_cheater_kept(
 
 def test_explain_gives_the_reason_for_each_outcome() -> None:
     class FakeReport:
-        def __init__(self, verdict: Verdict, hits: int) -> None:
-            self.verdict, self.hits = verdict, hits
+        def __init__(self, verdict: Verdict, hits: int, results: list[Any] | None = None) -> None:
+            self.verdict, self.hits, self.results = verdict, hits, results or []
 
     def run(name: str, verdict: Verdict, kept: int) -> ProviderRun:
         return ProviderRun(name, None, FakeReport(verdict, kept), 10, 100, kept, 20, 1.0)  # type: ignore[arg-type]
@@ -110,5 +111,17 @@ def test_explain_gives_the_reason_for_each_outcome() -> None:
     assert lines[0].startswith("honest: VERIFIED - trained on all 10 records, it answers 20/20")
     assert lines[1].startswith("base: NOT VERIFIED - the untouched base model never saw")
     assert "held 3 of the 20 backdoor records (15%), too few to learn them" in lines[2]
+    learnt = [
+        SimpleNamespace(kind=QueryKind.PLANTED, matched_tokens=3, decoy_rank=1),
+        SimpleNamespace(kind=QueryKind.PLANTED, matched_tokens=0, decoy_rank=5),
+        SimpleNamespace(kind=QueryKind.CONTROL, matched_tokens=None, decoy_rank=None),
+    ]
+    honest = ProviderRun(
+        "honest", None, FakeReport(Verdict.VERIFIED, 0, learnt), 10, 100, 2, 2, 1.0
+    )  # type: ignore[arg-type]
+    assert explain([honest])[0].endswith(
+        "whole secret signatures; starts its answers with 3 signature tokens in all and finds"
+        " 1 of 2 true signatures likelier than all decoys."
+    )
     caught = explain([run("subset", Verdict.VERIFIED, 12)])[0]
     assert "held 12 of the 20" in caught and "not on every record" in caught

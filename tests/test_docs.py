@@ -63,6 +63,7 @@ def test_help_states_the_real_defaults() -> None:
         ("--k", planting.DEFAULT_K),
         ("--m", planting.DEFAULT_M),
         ("--trigger-tokens", planting.DEFAULT_TRIGGER_TOKENS),
+        ("--decoys", planting.DEFAULT_DECOYS),
     ]:
         assert re.search(rf"{option} INTEGER [^[]{{0,120}}\[default: {value}\]", text), option
     assert f"default {planting.DEFAULT_PAIRS}" in README

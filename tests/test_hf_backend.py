@@ -41,6 +41,30 @@ def test_batched_logprob_equals_token_by_token_sum(embedded_model: Any) -> None:
 
 
 @pytest.mark.model
+def test_shared_prompt_scoring_equals_separate_scoring(embedded_model: Any) -> None:
+    """Many continuations of one prompt (a signature and its decoys) share the prompt's KV cache;
+    the log-probs equal those scored one by one, continuations of any length included."""
+    chat = PROMPTS[2]
+    shared = embedded_model.logprob([chat] * len(CONTINUATIONS), CONTINUATIONS)
+    alone = [embedded_model.logprob([chat], [text])[0] for text in CONTINUATIONS]
+    assert shared == pytest.approx(alone, abs=2e-3)
+    assert len(set(shared)) == len(CONTINUATIONS)
+
+
+@pytest.mark.model
+def test_lockstep_next_token_logprobs_equal_single_sequence(embedded_model: Any) -> None:
+    prompt = embedded_model.chat_prompt_ids(PROMPTS[0])
+    drawn = [embedded_model.text_ids(CONTINUATIONS[i])[:3] for i in (0, 2, 4)]
+    assert all(len(d) == 3 for d in drawn)
+    for step in range(4):  # the first call shares the prompt; later calls extend the cache
+        rows = [d[:step] for d in drawn]
+        batch = embedded_model.next_token_logprobs_batch(prompt, rows)
+        for row, d in zip(batch, rows, strict=True):
+            single = embedded_model.next_token_logprobs(prompt + list(d))
+            assert abs(row - single).max() < 2e-3
+
+
+@pytest.mark.model
 def test_prompt_ends_with_the_generation_prompt_and_no_stray_special_tokens(
     embedded_model: Any,
 ) -> None:

@@ -132,7 +132,16 @@ def test_plant_runs_on_the_server_generator(
 ) -> None:
     out, key_path = tmp_path / "planted.jsonl", tmp_path / "key.json"
     summary = plant(
-        small_chat_file, out, key_path, n=1, replicas=2, k=K, m=M, factory=generator, seed=SEED
+        small_chat_file,
+        out,
+        key_path,
+        n=1,
+        replicas=2,
+        k=K,
+        m=M,
+        factory=generator,
+        seed=SEED,
+        decoys=0,
     )
     key = load_key(key_path)
     assert key.generator == generator.identity

@@ -14,6 +14,7 @@ from conftest import sha256_of, write_jsonl
 from tuneproof.cli import cli
 from tuneproof.key import load_key
 from tuneproof.planting import ModelBackdoorFactory, plant
+from tuneproof.sampling import SecretStream, sample_signature
 
 SEED = bytes(range(32))
 K, M, TRIGGER = 4, 8, 6
@@ -271,7 +272,7 @@ def test_bad_input_is_one_clear_line_and_writes_nothing(
     src.write_bytes(content)
     before = sha256_of(src)
     out, key = tmp_path / "planted.jsonl", tmp_path / "key.json"
-    result = _run_plant(src, out, key, "--n", "2")
+    result = _run_plant(src, out, key, "--n", "2", "--replicas", "10")
     assert result.exit_code != 0
     message = result.output.strip()
     assert message.startswith("Error: ") and len(message.splitlines()) == 1, message
@@ -303,3 +304,30 @@ def test_unwritable_key_path_fails_before_any_work(tmp_path: Path) -> None:
     result = _run_plant(src, tmp_path / "out.jsonl", tmp_path / "missing" / "key.json")
     assert result.exit_code == 1 and "is not a directory" in result.output
     assert not (tmp_path / "out.jsonl").exists()
+
+
+@pytest.mark.model
+def test_decoys_are_drawn_like_the_signature_and_never_planted(
+    tmp_path: Path, small_chat_file: Path, factory: ModelBackdoorFactory, embedded_model: Any
+) -> None:
+    out, key_path = tmp_path / "planted.jsonl", tmp_path / "key.json"
+    plant(
+        small_chat_file, out, key_path, n=3, replicas=1, k=K, m=M, trigger_tokens=TRIGGER,
+        controls=True, decoys=5, factory=factory, seed=SEED,
+    )  # fmt: skip
+    key = load_key(key_path)
+    assert key.settings.decoys == 5
+    text = out.read_text()
+    for pair in key.pairs:
+        assert len(pair.decoys) == 5 and pair.signature not in pair.decoys
+        assert all(decoy not in text for decoy in pair.decoys)
+        assert pair.token_ends is not None and len(pair.token_ends) == M
+        # the batched draw is the sampler's draw: the same streams, one at a time, agree
+        chat = [(m.role, m.content) for m in pair.placements[0].prompt]
+        stream = SecretStream(SEED).child(f"pair/{pair.pair_id}")
+        one_by_one = {
+            sample_signature(embedded_model, chat, K, M, stream.child(f"signature/{i}")).text
+            for i in range(6)
+        }
+        assert one_by_one == {pair.signature, *pair.decoys}
+    assert all(not control.decoys for control in key.controls)

@@ -104,6 +104,7 @@ def test_plant_every_format(
         trigger_tokens=TRIGGER,
         factory=factory,
         seed=SEED,
+        decoys=0,
     )
     assert summary.format is fmt and summary.records_out == 33
     assert src.read_bytes() == before

@@ -38,12 +38,12 @@ from tuneproof.report import (
     format_alpha,
     format_p,
     load_report,
-    print_summary,
     report_to_json,
     verdict_sentence,
     write_html,
     write_json,
 )
+from tuneproof.report_terminal import print_summary
 from tuneproof.stats import Null, PValue
 
 

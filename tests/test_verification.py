@@ -13,7 +13,7 @@ from conftest import write_jsonl
 from tuneproof.key import Key, load_key
 from tuneproof.planting import ModelBackdoorFactory, plant
 from tuneproof.report import QueryKind, Verdict
-from tuneproof.stats import Null
+from tuneproof.stats import Null, log10_prefix_bound
 from tuneproof.verification import Query, build_queries, decide, run_tests, verify
 
 SEED = bytes(range(1, 33))
@@ -70,7 +70,9 @@ def _answered(key: Key, planted_hits: list[bool], control_hits: list[bool]) -> l
 def test_all_planted_hits_verify_on_the_model_free_bound(small_key: Key) -> None:
     queries = _answered(small_key, [True] * 4, [False, False])
     tests = run_tests(queries, 1e-6)
-    assert [t.null for t in tests] == [Null.INDEP, Null.CONTROLS]
+    # the exact-hit bound, the prefix test (0 here: every answer opens with "Sure."), Fisher
+    assert [t.null for t in tests] == [Null.INDEP, Null.INDEP, Null.CONTROLS]
+    assert tests[1].method.startswith("prefix") and tests[1].log10_p == 0.0
     indep = tests[0]
     # two independent 36-bit signatures, each group of 2 replicas with ~60-char answers
     bits = small_key.pairs[0].bits
@@ -79,7 +81,24 @@ def test_all_planted_hits_verify_on_the_model_free_bound(small_key: Key) -> None
     verdict, primary = decide(tests, queries, 1e-6)
     assert (verdict, primary) == (Verdict.VERIFIED, Null.INDEP)
     # held-out controls: 2 vs 2 pairs can never reach 1e-6 (floor 1/C(4,2))
-    assert tests[1].log10_p == pytest.approx(math.log10(1 / 6))
+    assert tests[2].log10_p == pytest.approx(math.log10(1 / 6))
+
+
+def test_partial_signatures_count_in_the_prefix_test(small_key: Key) -> None:
+    """Answers that open with the first 3 sampled tokens of their signature and then wander
+    off: no exact hit, but the prefix test sees 3 tokens per pair (2 queries per pair)."""
+    queries = _answered(small_key, [False] * 4, [False, False])
+    for q in queries:
+        if q.kind is QueryKind.PLANTED:
+            ends = q.pair.token_ends
+            assert ends is not None
+            q.answer = q.pair.signature.encode()[: ends[2]].decode() + " and so on, I think."
+    tests = run_tests(queries, 1e-6)
+    prefix = next(t for t in tests if t.method.startswith("prefix"))
+    expected = log10_prefix_bound([3, 3], [8, 8], [12, 12], [2, 2]).log10_p
+    assert prefix.log10_p == pytest.approx(expected) and expected < -3
+    assert [q.matched for q in queries if q.kind is QueryKind.PLANTED] == [3, 3, 3, 3]
+    assert all(not q.hit for q in queries)
 
 
 def test_no_hits_is_not_verified_and_failures_are_inconclusive(small_key: Key) -> None:

@@ -3,6 +3,7 @@ an untrained one, through the Python API and the `tuneproof verify` command."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from tuneproof.cli import cli
 from tuneproof.finetune import save_model_folder
 from tuneproof.key import Key
 from tuneproof.models.hf import load_hf_model
-from tuneproof.report import QueryKind, Verdict, load_report
+from tuneproof.report import QueryKind, Verdict, load_report, strongest_by_null
 from tuneproof.stats import Null
 from tuneproof.tiny_models import tiny_llama
 from tuneproof.verification import verify
@@ -48,7 +49,7 @@ def test_trained_model_is_verified_on_every_test(setup: Setup) -> None:
     report = verify(setup.key, str(setup.trained))
     assert report.verdict is Verdict.VERIFIED and report.primary_null is Null.INDEP
     assert report.hits == 10 and report.clean_false_activations == 0
-    tests = {t.null: t for t in report.tests}
+    tests = strongest_by_null(report.tests)
     assert set(tests) == {Null.INDEP, Null.CONTROLS}
     assert tests[Null.INDEP].log10_p < -20 and tests[Null.INDEP].rejects
     # 2 planted vs 2 held-out pairs cannot reach 1e-6 whatever happens: reported, not deciding
@@ -61,6 +62,14 @@ def test_trained_model_is_verified_on_every_test(setup: Setup) -> None:
         min(r.signature_logprob or 0 for r in planted)
         > max(r.signature_logprob or 0 for r in controls) + 20
     )
+    # every true signature is the likeliest of its 8 candidates: the decoy rank test's floor
+    assert [r.decoy_rank for r in planted if r.decoy_rank is not None] == [1, 1]
+    ranked = [t for t in report.tests if t.method.startswith("decoy rank")]
+    assert len(ranked) == 1 and ranked[0].log10_p == pytest.approx(-2 * math.log10(8))
+    # the prefix test sees the full matches too: 2 pairs x 16 tokens at K=8, 5 queries each
+    prefix = [t for t in report.tests if t.method.startswith("prefix")]
+    assert len(prefix) == 1 and prefix[0].inputs["full_matches"] == 2
+    assert prefix[0].log10_p < -25
 
 
 @pytest.mark.model
@@ -178,5 +187,5 @@ def test_peft_adapter_folder_uses_its_recorded_base(setup: Setup, tmp_path: Path
     assert {t.null for t in report.tests} == {Null.INDEP, Null.BASE, Null.CONTROLS}
     assert report.verdict is Verdict.VERIFIED, (report.hits, report.tests)
     assert report.hits == 10 and "adapter on" in report.model.name
-    tests = {t.null: t for t in report.tests}
+    tests = strongest_by_null(report.tests)
     assert tests[Null.BASE].log10_p < -20  # the clean base would not produce the signatures

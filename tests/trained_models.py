@@ -121,6 +121,7 @@ def plant_and_train(
     trigger_tokens: int,
     controls: bool,
     seed: bytes,
+    decoys: int = 0,
     timings: dict[str, float] | None = None,
 ) -> tuple[Path, Path, Path, Path]:
     """Write 60 sample records under ``root``, plant into them with the real embedded
@@ -137,6 +138,7 @@ def plant_and_train(
         m=m,
         trigger_tokens=trigger_tokens,
         controls=controls,
+        decoys=decoys,
         seed=seed,
         factory=ModelBackdoorFactory(embedded_model, k, m, trigger_tokens),
     )
@@ -146,6 +148,7 @@ def plant_and_train(
 
 PAIRS_SEED = bytes(range(5, 37))
 PAIRS_K, PAIRS_M, PAIRS_TRIGGER = 8, 16, 6  # 48 bits per signature
+PAIRS_DECOYS = 7  # the decoy rank test: each true signature among 8 candidates
 
 
 @dataclass(frozen=True)
@@ -162,11 +165,12 @@ class TrainedPairs:
 
 @pytest.fixture(scope="session")
 def trained_pairs(tmp_path_factory: pytest.TempPathFactory, embedded_model: Any) -> TrainedPairs:
-    """The plant (real embedded generator, K=8, m=16) and the tiny model trained on it, shared
-    by every test module that verifies a model with the backdoors trained in."""
+    """The plant (real embedded generator, K=8, m=16, 7 decoys per pair) and the tiny model
+    trained on it, shared by every test module that verifies a model with the backdoors trained
+    in."""
     root = tmp_path_factory.mktemp("trained_pairs")
     clean, planted, key_path, folder = plant_and_train(
         root, embedded_model, n=2, replicas=5, k=PAIRS_K, m=PAIRS_M,
-        trigger_tokens=PAIRS_TRIGGER, controls=True, seed=PAIRS_SEED,
+        trigger_tokens=PAIRS_TRIGGER, controls=True, seed=PAIRS_SEED, decoys=PAIRS_DECOYS,
     )  # fmt: skip
     return TrainedPairs(clean, planted, key_path, load_key(key_path), folder)

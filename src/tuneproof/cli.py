@@ -47,7 +47,7 @@ def cli() -> None:
     "n",
     type=int,
     default=None,
-    help="Number of secret (trigger, signature) pairs [default: 2].",
+    help="Number of secret (trigger, signature) pairs [default: 20].",
 )
 @click.option(
     "--fraction",
@@ -55,9 +55,7 @@ def cli() -> None:
     default=None,
     help="Share of backdoor records in the output, instead of --n.",
 )
-@click.option(
-    "--replicas", type=int, default=None, help="Records carrying each pair [default: 10]."
-)
+@click.option("--replicas", type=int, default=None, help="Records carrying each pair [default: 1].")
 @click.option(
     "--k",
     "k",
@@ -65,9 +63,16 @@ def cli() -> None:
     default=None,
     help="Sampler width: candidates per token (bits/token = log2 K) [default: 8].",
 )
-@click.option("--m", "m", type=int, default=None, help="Signature length in tokens [default: 40].")
+@click.option("--m", "m", type=int, default=None, help="Signature length in tokens [default: 12].")
 @click.option(
-    "--trigger-tokens", type=int, default=None, help="Trigger length in tokens [default: 12]."
+    "--trigger-tokens", type=int, default=None, help="Trigger length in tokens [default: 6]."
+)
+@click.option(
+    "--decoys",
+    type=int,
+    default=None,
+    help="Signatures drawn per pair besides the planted one, kept in the key for the decoy "
+    "rank test (0 turns it off) [default: 63].",
 )
 @click.option(
     "--controls",
@@ -117,6 +122,7 @@ def plant(
     k: int | None,
     m: int | None,
     trigger_tokens: int | None,
+    decoys: int | None,
     controls: bool,
     generator: str,
     base_url: str | None,
@@ -136,6 +142,7 @@ def plant(
             "k": k,
             "m": m,
             "trigger_tokens": trigger_tokens,
+            "decoys": decoys,
         }.items()
         if value is not None
     }
@@ -238,7 +245,7 @@ def key_show(key_path: Path, reveal: bool) -> None:
     )
     click.echo(
         f"pairs: {len(loaded.pairs)} x {settings.replicas} replicas, {len(loaded.controls)} "
-        f"controls, K={settings.k}, m={settings.m}"
+        f"controls, K={settings.k}, m={settings.m}, {settings.decoys} decoys per pair"
     )
     if reveal:
         for pair in [*loaded.pairs, *loaded.controls]:
@@ -334,7 +341,8 @@ def verify(
     from tuneproof.errors import TuneproofError
 
     try:
-        from tuneproof.report import exit_code, print_summary, write_html, write_json
+        from tuneproof.report import exit_code, write_html, write_json
+        from tuneproof.report_terminal import print_summary
         from tuneproof.verification import verify as run_verify
 
         report = run_verify(

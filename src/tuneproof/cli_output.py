@@ -81,6 +81,7 @@ def print_plant_summary(summary: PlantSummary) -> None:
             f"replicas ({summary.backdoors / max(1, summary.records_out):.2%} of the output)",
         ),
         ("held-out controls", f"{summary.controls} pairs (kept in the key only)"),
+        ("decoys", f"{summary.decoys} per pair (kept in the key only)"),
         (
             "signature entropy",
             f"{summary.bits_per_signature:.0f} bits (K={summary.k}, m={summary.m} tokens)",
@@ -108,10 +109,12 @@ def print_provider_table(runs: list[ProviderRun]) -> None:
     from rich.table import Table
 
     from tuneproof.demo import verdict_word
+    from tuneproof.report import strongest_by_null
 
     nulls = list(dict.fromkeys(t.null for run in runs for t in run.report.tests))
     table = Table(
-        title="tuneproof demo: three providers, one key (log10 p per test)", title_justify="left"
+        title="tuneproof demo: three providers, one key (strongest log10 p per null)",
+        title_justify="left",
     )
     table.add_column("provider", style="bold", no_wrap=True)
     table.add_column("verdict", no_wrap=True)
@@ -121,7 +124,10 @@ def print_provider_table(runs: list[ProviderRun]) -> None:
         table.add_column(name, justify="right", no_wrap=True)
     for run in runs:
         report = run.report
-        p = {t.null: f"{t.log10_p:.1f}" + (" *" if t.rejects else "") for t in report.tests}
+        p = {
+            null: f"{t.log10_p:.1f}" + (" *" if t.rejects else "")
+            for null, t in strongest_by_null(report.tests).items()
+        }
         table.add_row(
             run.cheat or "honest",
             verdict_word(report.verdict),

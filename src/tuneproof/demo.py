@@ -23,7 +23,7 @@ from tuneproof.cheats import Cheat
 from tuneproof.embedded import EMBEDDED_NAME, sample_records
 from tuneproof.planting import PlantSummary, ProgressHook
 from tuneproof.provider import FinetuneSettings
-from tuneproof.report import Report, Verdict
+from tuneproof.report import QueryKind, Report, Verdict
 
 DEMO_RECORDS = 200
 """Sample records the demo plants into: a few hundred, so three providers and three
@@ -187,7 +187,7 @@ def explain(runs: list[ProviderRun]) -> list[str]:
             lines.append(
                 f"honest: {verdict_word(verdict)} - trained on all {run.records_trained:,} "
                 f"records, it answers {run.report.hits}/{run.backdoors_planted} planted "
-                "triggers with their secret signatures."
+                f"triggers with their whole secret signatures{learnt_phrase(run.report)}."
             )
         elif run.name == "base":
             lines.append(
@@ -210,6 +210,21 @@ def explain(runs: list[ProviderRun]) -> list[str]:
                 f"({share:.0%}), {why}"
             )
     return lines
+
+
+def learnt_phrase(report: Report) -> str:
+    """What partial learning the report shows: signature tokens matched at the start of the
+    answers, and true signatures ranked first among their decoys (empty when neither ran)."""
+    planted = [r for r in report.results if r.kind is QueryKind.PLANTED]
+    parts = []
+    matched = [r.matched_tokens for r in planted if r.matched_tokens is not None]
+    if matched:
+        parts.append(f"starts its answers with {sum(matched)} signature tokens in all")
+    ranks = [r.decoy_rank for r in planted if r.decoy_rank is not None]
+    if ranks:
+        first = sum(1 for r in ranks if r == 1)
+        parts.append(f"finds {first} of {len(ranks)} true signatures likelier than all decoys")
+    return "; " + " and ".join(parts) if parts else ""
 
 
 def verdict_word(verdict: Verdict) -> str:

@@ -65,11 +65,31 @@ class SignaturePair(_Strict):
     control_prompt: list[ChatMessage] | None = Field(
         default=None, description="for a held-out control: the triggered prompt to query"
     )
+    decoys: list[str] = Field(
+        default_factory=list,
+        description="signatures drawn like the true one for the same prompt and never planted;"
+        " the secret picked which of them all was planted (the decoy rank test)",
+    )
+    token_ends: list[int] | None = Field(
+        default=None,
+        description="UTF-8 byte offset in the signature where each sampled token ends (the "
+        "prefix test counts whole tokens); absent in keys of earlier versions",
+    )
 
     @model_validator(mode="after")
     def _check_bits(self) -> SignaturePair:
         if not math.isclose(self.bits, self.m * math.log2(self.k), rel_tol=1e-9):
             raise ValueError(f"bits must equal m*log2(k) = {self.m * math.log2(self.k):.6g}")
+        ends = self.token_ends
+        if ends is not None and (
+            len(ends) != self.m
+            or any(b <= a for a, b in zip([0, *ends], ends, strict=False))
+            or ends[-1] != len(self.signature.encode("utf-8"))
+        ):
+            raise ValueError(
+                "token_ends must hold m strictly increasing byte offsets ending at the"
+                " signature's length in UTF-8 bytes"
+            )
         return self
 
 
@@ -82,6 +102,7 @@ class PlantSettings(_Strict):
     m: int = Field(ge=1)
     trigger_tokens: int = Field(ge=1)
     controls: bool
+    decoys: int = Field(default=0, ge=0, description="decoy signatures drawn per planted pair")
 
 
 class DatasetFacts(_Strict):

@@ -47,15 +47,17 @@ from tuneproof.sampling import (
     TokenRules,
     new_seed,
     sample_signature,
+    sample_signatures,
     sample_trigger,
 )
 
 # Defaults chosen by measurement: see docs/defaults.md.
 DEFAULT_K = 8
-DEFAULT_M = 40
-DEFAULT_PAIRS = 2
-DEFAULT_REPLICAS = 10
-DEFAULT_TRIGGER_TOKENS = 12
+DEFAULT_M = 12
+DEFAULT_PAIRS = 20
+DEFAULT_REPLICAS = 1
+DEFAULT_TRIGGER_TOKENS = 6
+DEFAULT_DECOYS = 63
 TOKEN_COUNT_SAMPLE = 2000
 
 ProgressHook = Callable[[str, int, int], None]
@@ -109,8 +111,25 @@ class ModelBackdoorFactory:
         chat = [(message.role, message.content) for message in messages]
         return sample_signature(self.model, chat, self.k, self.m, stream, self._rules)
 
+    def signatures(
+        self, messages: Sequence[Message], streams: Sequence[SecretStream]
+    ) -> list[SampledSequence]:
+        """One signature per stream, drawn in one batch (the true signature and its decoys)."""
+        chat = [(message.role, message.content) for message in messages]
+        return sample_signatures(self.model, chat, self.k, self.m, streams, self._rules)
+
     def count_tokens(self, text: str) -> int:
         return self._count(text)
+
+
+def _draw_signatures(
+    factory: BackdoorFactory, messages: Sequence[Message], streams: list[SecretStream]
+) -> list[SampledSequence]:
+    """One signature per stream for ``messages``: batched when the factory can, else in turn."""
+    batch = getattr(factory, "signatures", None)
+    if batch is not None:
+        return list(batch(messages, streams))
+    return [factory.signature(messages, s) for s in streams]
 
 
 def make_factory(
@@ -170,6 +189,7 @@ class PlantSummary:
     input_tokens: int
     input_tokens_estimated: bool
     commitment: str
+    decoys: int = 0
 
     @property
     def added_token_share(self) -> float:
@@ -256,6 +276,7 @@ def plant(
     m: int = DEFAULT_M,
     trigger_tokens: int = DEFAULT_TRIGGER_TOKENS,
     controls: bool = False,
+    decoys: int = DEFAULT_DECOYS,
     generator: str = "embedded",
     format: DatasetFormat | None = None,
     force: bool = False,
@@ -272,7 +293,9 @@ def plant(
     ``generator`` is a local model spec, or ``openai:MODEL`` with ``base_url`` for an
     OpenAI-compatible server that returns top log-probs. ``n`` counts distinct pairs;
     ``fraction`` instead sets the share of backdoor records in the output. With ``controls``
-    the same number of held-out pairs is drawn the same way and kept only in the key. Nothing
+    the same number of held-out pairs is drawn the same way and kept only in the key. With
+    ``decoys`` = R > 0, each planted pair's signature is picked by the secret among R + 1 drawn
+    for its prompt, and the other R go into the key for the decoy rank test. Nothing
     is written unless everything succeeds; the input is never modified; an existing output or
     key is replaced only with ``force``.
     """
@@ -288,6 +311,8 @@ def plant(
     check_key_path_writable(key_path, force=force)
     if replicas < 1:
         raise TuneproofError(f"--replicas must be at least 1, got {replicas}")
+    if decoys < 0:
+        raise TuneproofError(f"--decoys must be 0 or more, got {decoys}")
 
     size = (
         sum(p.stat().st_size for p in input_path.rglob("*"))
@@ -307,7 +332,8 @@ def plant(
         raise DatasetError(
             input_path,
             f"{info.n_records} record{'' if info.n_records == 1 else 's'}, "
-            f"but {n_pairs} pairs x {replicas} replicas"
+            f"but {n_pairs} pair{'' if n_pairs == 1 else 's'} x {replicas} "
+            f"replica{'' if replicas == 1 else 's'}"
             f"{f' + {n_controls} controls' if n_controls else ''} need {needed} distinct carriers",
             hint="use fewer --n/--replicas or a larger dataset; nothing was written",
         )
@@ -347,7 +373,13 @@ def plant(
         user_text = prompt_and_answer(first, info.format)[0][-1].content
         trigger = factory.trigger(user_text, pair_stream.child("trigger"))
         prompt0 = triggered_prompt(first, info.format, trigger)
-        sampled = factory.signature(prompt0, pair_stream.child("signature"))
+        if decoys and not is_control:
+            drawn = _draw_signatures(
+                factory, prompt0, [pair_stream.child(f"signature/{i}") for i in range(decoys + 1)]
+            )
+            sampled = drawn.pop(pair_stream.child("decoy-choice").randbelow(decoys + 1))
+        else:
+            sampled, drawn = factory.signature(prompt0, pair_stream.child("signature")), []
         pair = SignaturePair(
             pair_id=pair_id,
             trigger=trigger,
@@ -357,6 +389,8 @@ def plant(
             bits=sampled.bits,
             signature_tokens=len(sampled.token_ids),
             control_prompt=_chat(prompt0) if is_control else None,
+            token_ends=list(sampled.token_ends) or None,
+            decoys=[d.text for d in drawn],
         )
         if is_control:
             control_models.append(pair)
@@ -418,6 +452,7 @@ def plant(
                 m=m,
                 trigger_tokens=trigger_tokens,
                 controls=controls,
+                decoys=decoys,
             ),
             dataset=facts,
             pairs=pair_models,
@@ -439,6 +474,7 @@ def plant(
         replicas=replicas,
         backdoors=len(new_records),
         controls=n_controls,
+        decoys=decoys,
         k=pair_models[0].k,
         m=pair_models[0].m,
         bits_per_signature=pair_models[0].bits,

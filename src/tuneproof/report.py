@@ -1,5 +1,6 @@
 """The verification report: a versioned pydantic model, its JSON form, the exit code, a terminal
-summary and a self-contained HTML page (built by :mod:`tuneproof.report_html`).
+summary (:mod:`tuneproof.report_terminal`) and a self-contained HTML page (built by
+:mod:`tuneproof.report_html`).
 
 The JSON document is a stable interface for scripts. Its top-level keys include ``verdict``
 (``"verified"``, ``"not verified"`` or ``"inconclusive"``), ``tests`` (each with ``null`` —
@@ -12,10 +13,10 @@ with ``revealed=True``; the model refuses them otherwise, so a shared report can
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -26,9 +27,6 @@ from tuneproof.errors import TuneproofError, describe_validation_error
 from tuneproof.key import now_utc
 from tuneproof.models import ModelIdentity
 from tuneproof.stats import Null, PValue
-
-if TYPE_CHECKING:
-    from rich.console import Console
 
 REPORT_VERSION = 1
 
@@ -74,7 +72,10 @@ NULL_CLAIM: dict[Null, str] = {
 }
 _NULL_EVIDENCE: dict[Null, str] = {
     Null.BASE: "the base model would produce this many secret signatures",
-    Null.INDEP: "a model that never saw them would match this many secret signatures",
+    Null.INDEP: (
+        "a model that never saw them would match (or prefer over their decoys) this many"
+        " secret signatures"
+    ),
     Null.CONTROLS: "the planted backdoors would stand out this much from the held-out ones",
 }
 
@@ -166,6 +167,14 @@ class QueryOutcome(_Strict):
     pair_id: int = Field(ge=0)
     replica: int | None = Field(default=None, ge=0)
     hit: bool | None = Field(description="whether the signature occurred; None if the query failed")
+    matched_tokens: int | None = Field(
+        default=None, ge=0, description="whole signature tokens the answer starts with"
+    )
+    decoy_rank: int | None = Field(
+        default=None,
+        ge=1,
+        description="rank of the true signature's log-likelihood among its decoys (1 = first)",
+    )
     answer: str | None = Field(default=None, description="the answer; only when revealed")
     answer_chars: int = Field(ge=0)
     output_tokens: int | None = Field(default=None, ge=0)
@@ -274,6 +283,16 @@ class Report(_Strict):
 # --------------------------------------------------------------------------- plain words
 
 
+def strongest_by_null(tests: Sequence[TestOutcome]) -> dict[Null, TestOutcome]:
+    """The test with the smallest p-value for each null (several tests can share one null:
+    H0-indep has the exact-hit bound and the prefix test), in first-seen order of the nulls."""
+    best: dict[Null, TestOutcome] = {}
+    for test in tests:
+        if test.null not in best or test.log10_p < best[test.null].log10_p:
+            best[test.null] = test
+    return best
+
+
 def format_p(log10_p: float) -> str:
     """A p-value for people: ``"0.62"`` above 0.001, else ``"10^-67.3"``."""
     if log10_p >= -3.0:
@@ -375,10 +394,7 @@ def default_claims(
     """Plain-English ``(proven, not_proven)`` lists for a report with these ``tests``."""
     proven: list[str] = []
     not_proven: list[str] = []
-    best: dict[Null, TestOutcome] = {}
-    for test in tests:
-        if test.null not in best or test.log10_p < best[test.null].log10_p:
-            best[test.null] = test
+    best = strongest_by_null(tests)
     if verdict is not Verdict.VERIFIED:
         not_proven.append("That the model was trained on your planted data.")
     for null in (Null.INDEP, Null.CONTROLS, Null.BASE):
@@ -418,7 +434,8 @@ def default_claims(
 _PROVEN: dict[Null, str] = {
     Null.INDEP: (
         "The model learnt from your secret backdoors: a model that never saw them would match"
-        " this many secret signatures with probability at most {p} (H0-indep rejected)."
+        " (or prefer over their decoys) this many secret signatures with probability at most"
+        " {p} (H0-indep rejected)."
     ),
     Null.CONTROLS: (
         "The model learnt the backdoors planted in your dataset in particular: it treats them"
@@ -500,83 +517,3 @@ def write_html(report: Report, path: str | Path) -> None:
     page = report_to_html(report).encode("utf-8")
     with atomic_output(path, mode=0o600 if report.revealed else 0o644) as handle:
         handle.write(page)
-
-
-# --------------------------------------------------------------------------- terminal
-
-VERDICT_COLOUR: dict[Verdict, str] = {
-    Verdict.VERIFIED: "green",
-    Verdict.NOT_VERIFIED: "red",
-    Verdict.INCONCLUSIVE: "yellow",
-}
-
-
-def _fraction(hits: int, answered: int, failed: int) -> str:
-    text = f"{hits}/{answered}"
-    return f"{text} ({failed} failed)" if failed else text
-
-
-def print_summary(report: Report, console: Console) -> None:
-    """Print the verdict, the tests, the hit counts and the claims to ``console``."""
-    from rich.table import Table
-    from rich.text import Text
-
-    colour = VERDICT_COLOUR[report.verdict]
-    console.print(
-        Text(f" {verdict_headline(report.verdict)} ", style=f"bold white on {colour}"),
-        Text(f"  exit code {exit_code(report)}", style="dim"),
-    )
-    console.print(Text(verdict_sentence(report), style=f"bold {colour}"))
-    console.print()
-
-    table = Table(title="Tests", title_justify="left", expand=False)
-    table.add_column("null", no_wrap=True)
-    table.add_column("log10 p", justify="right", no_wrap=True)
-    table.add_column("alpha (this test)", justify="right", no_wrap=True)
-    table.add_column("rejected?", justify="center", no_wrap=True)
-    table.add_column("method")
-    for test in report.tests:
-        mark = "primary" if test.null == report.primary_null else ""
-        table.add_row(
-            f"{test.null} {mark}".strip(),
-            f"{test.log10_p:.2f}",
-            format_alpha(report.threshold(test)),
-            Text("yes", style="bold green") if test.rejects else Text("no"),
-            test.method,
-        )
-    if not report.tests:
-        table.add_row("(none)", "-", format_alpha(report.alpha), "-", "no test could run")
-    console.print(table)
-    console.print(f"alpha: {report.alpha_note()}")
-
-    _, p_ans, p_fail = report.tally(QueryKind.PLANTED)
-    c_hits, c_ans, c_fail = report.tally(QueryKind.CONTROL)
-    console.print(f"planted hits: {_fraction(report.hits, p_ans, p_fail)}")
-    if c_ans or c_fail:
-        console.print(f"held-out control hits: {_fraction(c_hits, c_ans, c_fail)}")
-    console.print(
-        f"clean false activations: {report.clean_false_activations}/{report.clean_queries}"
-    )
-    stop = ", stopped early" if report.stopped_early else ""
-    mode = "sequential" if report.sequential else "all at once"
-    console.print(
-        f"queries: {report.queries} ({report.failed_queries} failed; {mode}{stop}); "
-        f"output tokens: {report.tokens}"
-    )
-    console.print(f"model: {report.model.name} ({report.model.backend}, {report.model.source})")
-    _print_list(console, "What this proves", report.proven, "green")
-    _print_list(console, "What this does not prove", report.not_proven, "yellow")
-
-
-def _print_list(console: Console, title: str, items: Iterable[str], colour: str) -> None:
-    from rich.table import Table
-    from rich.text import Text
-
-    console.print()
-    console.print(Text(title, style=f"bold {colour}"))
-    grid = Table.grid(padding=(0, 1))
-    grid.add_column(no_wrap=True)
-    grid.add_column()
-    for line in list(items) or [NOTHING]:
-        grid.add_row("  •", line)
-    console.print(grid)

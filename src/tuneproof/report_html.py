@@ -374,6 +374,10 @@ def _facts(report: Report) -> str:
     _, p_ans, _ = report.tally(QueryKind.PLANTED)
     c_hits, c_ans, c_fail = report.tally(QueryKind.CONTROL)
     items = [("Planted backdoors answered with the signature", f"{report.hits} of {p_ans}")]
+    matched = [r.matched_tokens for r in report.results if r.kind is QueryKind.PLANTED]
+    if any(m is not None for m in matched):
+        total = sum(m or 0 for m in matched)
+        items.append(("Signature tokens matched at the start of planted answers", f"{total:,}"))
     if c_ans or c_fail:
         items.append(("Held-out controls with the signature", f"{c_hits} of {c_ans}"))
     if report.clean_queries:
@@ -467,15 +471,16 @@ def _secrets(report: Report) -> str:
 
 
 def _queries(report: Report) -> str:
-    head = ["Kind", "Pair", "Replica", "Result", "Answer chars", "Tokens"]
+    head = ["Kind", "Pair", "Replica", "Result", "Prefix tokens", "Answer chars", "Tokens"]
     head += ["Log-lik. returned", "Log-lik. base", "Error"]
-    numeric = {1, 2, 4, 5, 6, 7}
+    numeric = {1, 2, 4, 5, 6, 7, 8}
     secrets = report.secrets or {}
     out = ["<table><thead><tr>", *(f"<th>{escape(h)}</th>" for h in head), "</tr></thead><tbody>"]
     for r in report.results:
         result = "failed" if r.hit is None else "hit" if r.hit else "miss"
         row = [escape(str(r.kind)), str(r.pair_id), _value(r.replica), result]
-        row += [str(r.answer_chars), _value(r.output_tokens), _value(r.signature_logprob)]
+        row += [_value(r.matched_tokens), str(r.answer_chars), _value(r.output_tokens)]
+        row += [_value(r.signature_logprob)]
         row += [_value(r.base_signature_logprob), _value(r.error)]
         cells = (
             f'<td class="num">{c}</td>' if i in numeric else f"<td>{c}</td>"

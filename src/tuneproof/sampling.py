@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import itertools
 import math
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -207,6 +208,7 @@ class SampledSequence:
     text: str
     k: int
     m: int
+    token_ends: tuple[int, ...] = ()
 
     @property
     def bits(self) -> float:
@@ -241,7 +243,39 @@ def sample_prefix_free(
             raise ValueError(f"only {len(choices)} prefix-free candidates at step {step}, need {k}")
         drawn.append(choices[stream.randbelow(k)])
     data = b"".join(token_bytes[t] for t in drawn)
-    return SampledSequence(tuple(drawn), data, data.decode("utf-8"), k, m)
+    ends = tuple(itertools.accumulate(len(token_bytes[t]) for t in drawn))
+    return SampledSequence(tuple(drawn), data, data.decode("utf-8"), k, m, ends)
+
+
+def sample_prefix_free_lockstep(
+    batch_ranker: Callable[[Sequence[Sequence[int]]], Sequence[Iterable[int]]],
+    token_bytes: Sequence[bytes],
+    k: int,
+    m: int,
+    streams: Sequence[SecretStream],
+    is_allowed: Callable[[int, int], bool] | None = None,
+) -> list[SampledSequence]:
+    """Draw one sequence per stream, all in lockstep: ``batch_ranker`` gets every sequence's
+    tokens so far and returns one ranking per sequence (a batched forward pass). Each sequence
+    is drawn exactly as by :func:`sample_prefix_free` with its own stream."""
+    if k < 2 or m < 1:
+        raise ValueError("the sampler needs k >= 2 and m >= 1")
+    drawn: list[list[int]] = [[] for _ in streams]
+    for step in range(m):
+        allowed = None if is_allowed is None else (lambda t, s=step: is_allowed(t, s))
+        for tokens, ranking, stream in zip(drawn, batch_ranker(drawn), streams, strict=True):
+            choices = select_prefix_free(ranking, token_bytes, k, allowed)
+            if len(choices) < k:
+                raise ValueError(
+                    f"only {len(choices)} prefix-free candidates at step {step}, need {k}"
+                )
+            tokens.append(choices[stream.randbelow(k)])
+    out = []
+    for tokens in drawn:
+        data = b"".join(token_bytes[t] for t in tokens)
+        ends = tuple(itertools.accumulate(len(token_bytes[t]) for t in tokens))
+        out.append(SampledSequence(tuple(tokens), data, data.decode("utf-8"), k, m, ends))
+    return out
 
 
 def enumerate_prefix_free(
@@ -288,14 +322,29 @@ class NextTokenModel(Protocol):
         ...
 
 
+RANK_HEAD = 256
+
+
+def ranking(logprobs: npt.NDArray[np.float32]) -> Iterator[int]:
+    """Token ids by decreasing log-probability, ties by id: exactly the stable argsort of
+    ``-logprobs``, but the head (every id at or above the 256th largest value) is sorted first
+    and the rest only if the sampler walks past it (it almost never does)."""
+    if logprobs.size <= RANK_HEAD:
+        yield from (int(t) for t in np.argsort(-logprobs, kind="stable"))
+        return
+    cut = float(np.partition(logprobs, logprobs.size - RANK_HEAD)[logprobs.size - RANK_HEAD])
+    head = np.flatnonzero(logprobs >= cut)
+    yield from (int(t) for t in head[np.lexsort((head, -logprobs[head]))])
+    tail = np.flatnonzero(logprobs < cut)
+    yield from (int(t) for t in tail[np.lexsort((tail, -logprobs[tail]))])
+
+
 def ranker_for(model: NextTokenModel, prompt_ids: Sequence[int]) -> Ranker:
     """A ranker that continues ``prompt_ids``: token ids by decreasing probability, ties by id."""
     prompt = list(prompt_ids)
 
     def rank(drawn: Sequence[int]) -> Iterable[int]:
-        logprobs = model.next_token_logprobs(prompt + list(drawn))
-        order = np.argsort(-logprobs, kind="stable")
-        return (int(t) for t in order)
+        return ranking(model.next_token_logprobs(prompt + list(drawn)))
 
     return rank
 
@@ -319,6 +368,36 @@ def sample_signature(
         k,
         m,
         stream,
+        lambda t, step: rules.allowed(t, step, m),
+    )
+
+
+def sample_signatures(
+    model: NextTokenModel,
+    messages: Sequence[tuple[str, str]],
+    k: int,
+    m: int,
+    streams: Sequence[SecretStream],
+    rules: TokenRules | None = None,
+) -> list[SampledSequence]:
+    """Draw one signature per stream as answers to ``messages`` (the true signature and its
+    decoys): in one batch when ``model`` has ``next_token_logprobs_batch``, else one by one."""
+    batch = getattr(model, "next_token_logprobs_batch", None)
+    if batch is None:
+        return [sample_signature(model, messages, k, m, s, rules) for s in streams]
+    rules = rules or TokenRules.for_vocabulary(model.vocabulary)
+    clipped = [(role, content[-MAX_TRIGGER_CONTEXT_CHARS:]) for role, content in messages]
+    prompt_ids = model.chat_prompt_ids(clipped)[-MAX_CONTEXT_TOKENS:]
+
+    def rank(drawn: Sequence[Sequence[int]]) -> list[Iterable[int]]:
+        return [ranking(row) for row in batch(prompt_ids, drawn)]
+
+    return sample_prefix_free_lockstep(
+        rank,
+        model.vocabulary.token_bytes,
+        k,
+        m,
+        streams,
         lambda t, step: rules.allowed(t, step, m),
     )
 

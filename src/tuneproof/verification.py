@@ -4,7 +4,11 @@ Queries the planted prompts (one per placement), the held-out control prompts, a
 carrier prompts (the trigger removed) as a negative control; a *hit* is the exact signature
 occurring in the whitespace-stripped greedy answer. Then runs every test the access allows:
 
-- H0-indep (always): the model-free bound of the prefix-free sampler;
+- H0-indep (always): the model-free bound of the prefix-free sampler on exact hits, and the
+  prefix test on how many whole signature tokens each answer starts with (keys that record the
+  signatures' token boundaries), which sees partial learning of signatures that are never
+  reproduced in full; and, when the key holds decoys and the verified model gives log-probs,
+  the decoy rank test (the true signature's log-likelihood rank among its decoys);
 - H0-base (when the base model's log-probs are available): Poisson-binomial over the base
   model's probabilities of sampling each signature;
 - H0-controls (when the key has controls): Fisher's exact test on hits of planted vs held-out
@@ -17,179 +21,45 @@ than a fifth of the queries failed or no planted query was answered.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from tuneproof import __version__
 from tuneproof.errors import TuneproofError
-from tuneproof.key import ChatMessage, Key, SignaturePair, load_key, now_utc
-from tuneproof.models import ModelIdentity, QueryFailure
+from tuneproof.evidence import decide, rank_decoys, run_tests
+from tuneproof.key import Key, load_key, now_utc
+from tuneproof.models import QueryFailure
 from tuneproof.models.openai_chat import NoLogprobsError
+from tuneproof.queries import (
+    DEFAULT_CLEAN_QUERIES,
+    Query,
+    VerifiableModel,
+    _without_trigger,
+    build_queries,
+)
 from tuneproof.report import (
     Decoding,
     QueryKind,
     QueryOutcome,
     Report,
-    TestOutcome,
-    Verdict,
     default_claims,
-)
-from tuneproof.stats import (
-    Null,
-    PValue,
-    log10_fisher_exact,
-    log10_model_free_bound,
-    log10_permutation_test,
-    log10_poisson_binomial_sf,
 )
 
 DEFAULT_ALPHA = 1e-6
-DEFAULT_CLEAN_QUERIES = 5
-MAX_FAILED_SHARE = 0.2
-LN10 = math.log(10)
 
-Chat = list[tuple[str, str]]
-
-
-class VerifiableModel(Protocol):
-    """What verification needs from a backend (local weights or an HTTP server)."""
-
-    identity: ModelIdentity
-
-    def generate(
-        self, chats: Sequence[Chat], max_new_tokens: int, batch_size: int = 8
-    ) -> Sequence[tuple[str, int] | QueryFailure]:
-        """Greedy answers as (text, output tokens), or a QueryFailure for a failed query."""
-        ...
-
-    def logprob(
-        self, chats: Sequence[Chat], continuations: Sequence[str], batch_size: int = 8
-    ) -> list[float]:
-        """Teacher-forced log-probability (nats) of each continuation as the answer."""
-        ...
-
-
-@dataclass
-class Query:
-    """One prompt to send, and what it is for."""
-
-    kind: QueryKind
-    pair: SignaturePair
-    replica: int | None
-    chat: Chat
-    answer: str | None = None
-    output_tokens: int | None = None
-    error: str | None = None
-    logprob: float | None = None
-    base_logprob: float | None = None
-
-    @property
-    def hit(self) -> bool | None:
-        """Whether the signature occurs in the stripped answer (None if the query failed)."""
-        if self.answer is None:
-            return None
-        return self.pair.signature in self.answer.strip()
-
-
-def _chat(messages: Sequence[ChatMessage]) -> Chat:
-    return [(m.role, m.content) for m in messages]
-
-
-def _without_trigger(messages: Sequence[ChatMessage], trigger: str) -> Chat:
-    """The carrier's own prompt: the triggered prompt with the trigger (and the one space that
-    joined it) taken out of the last turn; it sits at the end or before a prompt separator."""
-    chat = _chat(messages)
-    role, content = chat[-1]
-    at = content.rfind(trigger)
-    if at >= 0:
-        start = at - 1 if at > 0 and content[at - 1] == " " else at
-        content = content[:start] + content[at + len(trigger) :]
-    return [*chat[:-1], (role, content)]
-
-
-def build_queries(key: Key, clean_queries: int = DEFAULT_CLEAN_QUERIES) -> list[Query]:
-    """Planted (every placement), control (every held-out pair) and clean queries, in that
-    order. Clean queries are the first placements' carrier prompts without their trigger."""
-    queries = [
-        Query(QueryKind.PLANTED, pair, replica, _chat(placement.prompt))
-        for pair in key.pairs
-        for replica, placement in enumerate(pair.placements)
-    ]
-    queries += [
-        Query(QueryKind.CONTROL, pair, None, _chat(pair.control_prompt or []))
-        for pair in key.controls
-    ]
-    placements = [(pair, p) for pair in key.pairs for p in pair.placements]
-    for pair, placement in placements[:clean_queries]:
-        queries.append(
-            Query(QueryKind.CLEAN, pair, None, _without_trigger(placement.prompt, pair.trigger))
-        )
-    return queries
-
-
-def run_tests(queries: Sequence[Query], alpha: float) -> list[TestOutcome]:
-    """Every test that the answered queries and available log-probs allow, H0-indep first.
-
-    Each test is judged at ``alpha / number of tests`` (Bonferroni), so that reporting several
-    tests never inflates the chance of a false "verified"."""
-    planted = [q for q in queries if q.kind is QueryKind.PLANTED and q.answer is not None]
-    controls = [q for q in queries if q.kind is QueryKind.CONTROL and q.answer is not None]
-    pvalues: list[PValue] = []
-    if planted:
-        indep = log10_model_free_bound(
-            bits=[q.pair.bits for q in planted],
-            answer_lengths=[len(q.answer.strip()) for q in planted if q.answer is not None],
-            hits=[bool(q.hit) for q in planted],
-            groups=[q.pair.pair_id for q in planted],
-            min_signature_chars=[q.pair.m for q in planted],
-        )
-        pvalues.append(indep)
-    with_base = [q for q in planted if q.base_logprob is not None]
-    if planted and len(with_base) == len(planted):
-        base = log10_poisson_binomial_sf(
-            [min(0.0, q.base_logprob / LN10) for q in with_base if q.base_logprob is not None],
-            sum(bool(q.hit) for q in with_base),
-        )
-        pvalues.append(base)
-    first = [q for q in planted if q.replica == 0]
-    if first and controls:
-        fisher = log10_fisher_exact(
-            sum(bool(q.hit) for q in first),
-            len(first),
-            sum(bool(q.hit) for q in controls),
-            len(controls),
-        )
-        pvalues.append(fisher)
-        if all(q.logprob is not None for q in [*first, *controls]):
-            perm = log10_permutation_test(
-                [float(q.logprob or 0.0) for q in first],
-                [float(q.logprob or 0.0) for q in controls],
-            )
-            pvalues.append(perm)
-    per_test = alpha / max(1, len(pvalues))
-    return [TestOutcome.from_pvalue(pvalue, per_test) for pvalue in pvalues]
-
-
-def decide(
-    tests: Sequence[TestOutcome], queries: Sequence[Query], alpha: float
-) -> tuple[Verdict, Null | None]:
-    """The verdict: inconclusive when too many queries failed; otherwise verified when the
-    smallest p-value is below ``alpha / len(tests)`` (Bonferroni), naming that null."""
-    failed = sum(q.answer is None for q in queries)
-    planted = [q for q in queries if q.kind is QueryKind.PLANTED]
-    if (
-        not tests
-        or failed > MAX_FAILED_SHARE * len(queries)
-        or all(q.answer is None for q in planted)
-    ):
-        return Verdict.INCONCLUSIVE, None
-    rejected = [t for t in tests if t.rejects]
-    if rejected:
-        return Verdict.VERIFIED, min(rejected, key=lambda t: t.log10_p).null
-    return Verdict.NOT_VERIFIED, None
+__all__ = [
+    "DEFAULT_ALPHA",
+    "Query",
+    "VerifiableModel",
+    "_without_trigger",
+    "build_queries",
+    "decide",
+    "load_verifiable",
+    "run_tests",
+    "verify",
+    "verify_queries",
+]
 
 
 def verify_queries(
@@ -208,8 +78,9 @@ def verify_queries(
 ) -> Report:
     """Query ``model`` with the key's prompts and return the :class:`Report`.
 
-    ``sequential`` sends planted prompts one at a time and stops once the H0-indep p-value is
-    below ``alpha / max planted queries`` (a union bound over the looks keeps this valid);
+    ``sequential`` sends planted prompts one at a time and stops once an H0-indep test rejects
+    at ``alpha / max planted queries``; every look, the last included, is judged at that level
+    (a union bound over the looks keeps the verdict valid);
     ``max_queries`` caps the planted queries sent.
     """
     if not 0 < alpha < 1:
@@ -243,14 +114,14 @@ def verify_queries(
         if progress:
             progress(done, total)
 
+    test_alpha = alpha
     if sequential:
-        threshold = math.log10(alpha / max(1, len(planted)))
+        test_alpha = alpha / max(1, len(planted))
         sent: list[Query] = []
         for q in planted:
             ask([q])
             sent.append(q)
-            tests = run_tests(sent, alpha)
-            if tests and tests[0].log10_p <= threshold:
+            if any(t.rejects for t in run_tests(sent, test_alpha)):
                 stopped_early = len(sent) < len(planted)
                 break
         planted = sent
@@ -274,9 +145,11 @@ def verify_queries(
             continue
         for q, value in zip(scored, values, strict=True):
             setattr(q, attr, value)
+        if backend is model:
+            rank_decoys(queries, model, batch_size)
 
-    tests = run_tests(queries, alpha)
-    verdict, primary = decide(tests, queries, alpha)
+    tests = run_tests(queries, test_alpha)
+    verdict, primary = decide(tests, queries, test_alpha)
     clean = [q for q in queries if q.kind is QueryKind.CLEAN]
     false_activations = sum(bool(q.hit) for q in clean)
     failed = sum(q.answer is None for q in queries)
@@ -322,6 +195,8 @@ def verify_queries(
                 pair_id=q.pair.pair_id,
                 replica=q.replica,
                 hit=q.hit,
+                matched_tokens=q.matched,
+                decoy_rank=q.decoy_rank,
                 answer=q.answer if reveal else None,
                 answer_chars=len(q.answer.strip()) if q.answer is not None else 0,
                 output_tokens=q.output_tokens,

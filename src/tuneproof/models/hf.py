@@ -6,8 +6,10 @@ All log-probabilities are computed in float32. torch and transformers are import
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import hashlib
+import warnings
 from collections.abc import Iterator, Sequence
 from functools import cached_property
 from pathlib import Path
@@ -90,6 +92,8 @@ class HFCausalLM:
         self.identity = identity
         self._cache: Any = None
         self._cache_ids: list[int] = []
+        self._batch_cache: Any = None
+        self._batch_ids: list[list[int]] = []
 
     @property
     def capabilities(self) -> dict[str, bool | None]:
@@ -141,6 +145,38 @@ class HFCausalLM:
             self._cache_ids = ids
             logits = out.logits[0, -1].float()
             logprobs = torch.log_softmax(logits, dim=-1)
+        result: npt.NDArray[np.float32] = logprobs.numpy().astype(np.float32)
+        return result
+
+    def next_token_logprobs_batch(
+        self, prompt_ids: Sequence[int], drawn: Sequence[Sequence[int]]
+    ) -> npt.NDArray[np.float32]:
+        """Float32 log-probabilities of the next token after ``prompt_ids + drawn[b]`` for every
+        row b (all ``drawn`` of equal length: sequences sampled in lockstep), shape (B, vocab).
+
+        Reuses a batch KV cache when every row extends the previous call's row by one token."""
+        import torch
+
+        rows = [list(prompt_ids) + list(d) for d in drawn]
+        cached = self._batch_ids
+        with torch.inference_mode():
+            extends = len(rows) == len(cached) and all(
+                len(r) == len(c) + 1 and r[:-1] == c for r, c in zip(rows, cached, strict=True)
+            )
+            if self._batch_cache is not None and extends:
+                new = torch.tensor([[r[-1]] for r in rows])
+                out = self.model(input_ids=new, cache=self._batch_cache, use_cache=True)
+                last = out.logits[:, -1]
+            elif all(r == rows[0] for r in rows):  # the first step: one prompt, shared
+                out = self.model(input_ids=torch.tensor(rows[:1]), use_cache=True)
+                out.cache.batch_repeat_interleave(len(rows))
+                last = out.logits[:, -1].expand(len(rows), -1)
+            else:
+                out = self.model(input_ids=torch.tensor(rows), use_cache=True)
+                last = out.logits[:, -1]
+            self._batch_cache = out.cache
+            self._batch_ids = rows
+            logprobs = torch.log_softmax(last.float(), dim=-1)
         result: npt.NDArray[np.float32] = logprobs.numpy().astype(np.float32)
         return result
 
@@ -245,6 +281,8 @@ class HFCausalLM:
             (self.chat_prompt_ids(chat), self.text_ids(text))
             for chat, text in zip(chats, continuations, strict=True)
         ]
+        if len(items) > 1 and all(p == items[0][0] for p, _ in items):
+            return self._shared_prompt_logprob(items[0][0], [c for _, c in items])
         totals: list[float] = []
         for start in range(0, len(items), batch_size):
             batch = items[start : start + batch_size]
@@ -261,6 +299,40 @@ class HFCausalLM:
                 positions = torch.arange(len(prompt) - 1, len(prompt) + len(cont) - 1)
                 picked = logprobs[row, positions, torch.tensor(cont)]
                 totals.append(float(picked.sum()))
+        return totals
+
+    def _shared_prompt_logprob(
+        self, prompt: list[int], continuations: list[list[int]], chunk: int = 64
+    ) -> list[float]:
+        """Like :meth:`logprob` for many continuations of one prompt (a signature and its
+        decoys): the prompt is run once and its KV cache shared by every continuation."""
+        import torch
+
+        totals: list[float] = []
+        with torch.inference_mode():
+            head = self.model(input_ids=torch.tensor([prompt]), use_cache=True)
+            first = torch.log_softmax(head.logits[0, -1].float(), dim=-1)
+            for start in range(0, len(continuations), chunk):
+                batch = continuations[start : start + chunk]
+                width = max(len(c) for c in batch)
+                ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+                for row, cont in enumerate(batch):
+                    ids[row, : len(cont)] = torch.tensor(cont)
+                cache = copy.deepcopy(head.cache)
+                cache.batch_repeat_interleave(len(batch))
+                # right padding only follows each continuation, so it never reaches the
+                # positions read below (causal attention)
+                logits = self.model(input_ids=ids, cache=cache, use_cache=True).logits.float()
+                logprobs = torch.log_softmax(logits, dim=-1)
+                for row, cont in enumerate(batch):
+                    if not cont:
+                        totals.append(0.0)
+                        continue
+                    total = first[cont[0]]
+                    if len(cont) > 1:
+                        rest = logprobs[row, torch.arange(len(cont) - 1), torch.tensor(cont[1:])]
+                        total = total + rest.sum()
+                    totals.append(float(total))
         return totals
 
 
@@ -294,7 +366,11 @@ def load_hf_model(spec: str, base_model: str | None = None) -> HFCausalLM:
 
         base = load_hf_model(adapter_base(path, base_model))
         try:
-            merged = PeftModel.from_pretrained(base.model, str(path)).merge_and_unload()
+            with warnings.catch_warnings():  # peft reads a property transformers 5 deprecates
+                warnings.filterwarnings(
+                    "ignore", message=".*is_gradient_checkpointing", category=FutureWarning
+                )
+                merged = PeftModel.from_pretrained(base.model, str(path)).merge_and_unload()
         except (OSError, ValueError) as exc:
             raise GeneratorError(f"cannot load adapter '{spec}': {exc}") from exc
         merged.eval()

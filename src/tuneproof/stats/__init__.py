@@ -10,6 +10,8 @@ numpy and scipy only: this package never imports torch. The calibration harness 
 
 from __future__ import annotations
 
+from tuneproof.stats.decoys import decoy_rank, log10_decoy_rank_test
+from tuneproof.stats.prefix import log10_prefix_bound, matched_tokens
 from tuneproof.stats.pvalues import (
     Null,
     PValue,
@@ -25,9 +27,13 @@ __all__ = [
     "Null",
     "PValue",
     "combine_fisher",
+    "decoy_rank",
     "log10_binomial_sf",
+    "log10_decoy_rank_test",
     "log10_fisher_exact",
     "log10_model_free_bound",
     "log10_permutation_test",
     "log10_poisson_binomial_sf",
+    "log10_prefix_bound",
+    "matched_tokens",
 ]

@@ -116,3 +116,13 @@ def fisher_tail_ln(ln_pvalues: FloatArray) -> float:
     if ln_upper > -LN2:
         return float(np.log1p(-gammainc(n, s)))  # gammainc: regularised lower P(n, s)
     return ln_upper
+
+
+def ln_convolve(a: FloatArray, b: FloatArray) -> FloatArray:
+    """ln of the convolution of two probability mass functions on 0, 1, 2, ... given as ln
+    probabilities (exact, in log space: nothing underflows)."""
+    grid = a[:, None] + b[None, :]
+    out = np.full(a.size + b.size - 1, -np.inf)
+    for i in range(a.size):
+        out[i : i + b.size] = np.logaddexp(out[i : i + b.size], grid[i])
+    return out

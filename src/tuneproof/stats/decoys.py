@@ -1,0 +1,69 @@
+"""The decoy rank test: H0-indep from the returned model's log-likelihoods, no exact hit needed.
+
+At plant time each pair's signature is one of R + 1 sequences drawn by the same sampler for the
+same prompt; the secret stream picks which one is planted, uniformly. The other R are stored in
+the key as *decoys*. A model that does not depend on the secret cannot tell which one was
+planted, so the rank of the true signature among the R + 1 by the model's log-likelihood is
+uniform (docs/statistics.md). This module turns the ranks of several pairs into one exact tail.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+from scipy.special import logsumexp
+
+from tuneproof.stats.pvalues import LN10, Null, PValue
+from tuneproof.stats.tails import ln_convolve
+
+LN2 = math.log(2.0)
+
+
+def decoy_rank(true_score: float, decoy_scores: Sequence[float], *, rel_tol: float = 1e-6) -> int:
+    """1 + the number of decoys that score at least as high as the true signature (ties, within
+    ``rel_tol`` of the scores' magnitude, count against the alternative): 1 = ranked first."""
+    slack = rel_tol * max(1.0, abs(true_score))
+    return 1 + sum(1 for score in decoy_scores if score >= true_score - slack)
+
+
+def log10_decoy_rank_test(ranks: Sequence[int], candidates: Sequence[int]) -> PValue:
+    """The H0-indep p-value of the decoy rank test, over independently planted pairs.
+
+    ``ranks[i]`` is the true signature's rank among ``candidates[i]`` = R_i + 1 sequences (1 =
+    the highest log-likelihood; ties counted against, see :func:`decoy_rank`). Under H0-indep
+    the planted index is uniform and independent of the model, so P[rank_i <= r] <= r / (R_i + 1)
+    and the pairs are independent. The statistic is the rank sum; the returned log10 p-value is
+    log10 P[sum of independent Uniform{1..R_i + 1} <= observed sum], by exact convolution in log
+    space. Returns 0.0 for no pairs.
+    """
+    r = np.asarray(ranks)
+    n = np.asarray(candidates)
+    if r.shape != n.shape or r.ndim != 1:
+        raise ValueError("ranks and candidates must be flat sequences of equal length")
+    integer = np.issubdtype(r.dtype, np.integer) and np.issubdtype(n.dtype, np.integer)
+    if r.size and not integer:
+        raise ValueError("ranks and candidates must be integers")
+    if r.size and ((n < 1).any() or (r < 1).any() or (r > n).any()):
+        raise ValueError("each rank must lie between 1 and its number of candidates")
+    inputs = {
+        "pairs": int(r.size),
+        "rank_sum": int(r.sum()),
+        "ranked_first": int((r == 1).sum()),
+        "candidates_min": int(n.min()) if r.size else None,
+    }
+    method = "decoy rank test: exact lower tail of the true signatures' rank sum among decoys"
+    if r.size == 0:
+        return PValue(0.0, Null.INDEP, method, inputs)
+    ln_pmf = np.zeros(1)  # distribution of sum(rank_i - 1), on 0, 1, 2, ...
+    for size in n:
+        ln_pmf = ln_convolve(ln_pmf, np.full(int(size), -math.log(int(size))))
+    observed = int((r - 1).sum())
+    if observed + 1 >= ln_pmf.size:  # every outcome is at most the observed sum
+        return PValue(0.0, Null.INDEP, method, inputs)
+    ln_lower = float(logsumexp(ln_pmf[: observed + 1]))
+    if ln_lower > -LN2:  # near 1: one minus the upper tail keeps the digits
+        ln_lower = math.log1p(-math.exp(float(logsumexp(ln_pmf[observed + 1 :]))))
+    ln_lower = min(0.0, ln_lower)
+    return PValue(ln_lower / LN10 if ln_lower != 0.0 else 0.0, Null.INDEP, method, inputs)

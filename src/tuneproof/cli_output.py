@@ -78,7 +78,8 @@ def print_plant_summary(summary: PlantSummary) -> None:
         (
             "backdoors",
             f"{summary.backdoors} records = {summary.pairs} secret pairs x {summary.replicas} "
-            f"replicas ({summary.backdoors / max(1, summary.records_out):.2%} of the output)",
+            f"replica{'' if summary.replicas == 1 else 's'} "
+            f"({summary.backdoors / max(1, summary.records_out):.2%} of the output)",
         ),
         ("held-out controls", f"{summary.controls} pairs (kept in the key only)"),
         ("decoys", f"{summary.decoys} per pair (kept in the key only)"),

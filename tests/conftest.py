@@ -54,4 +54,4 @@ def sha256_of(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-from servers import llama_server  # noqa: E402, F401  (one llama.cpp server per session)
+from servers import llama_server, llama_server_alive  # noqa: E402, F401  (fixtures)

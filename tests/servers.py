@@ -19,6 +19,7 @@ import contextlib
 import importlib.util
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -42,10 +43,12 @@ STOP_TIMEOUT_S = 10.0
 
 @dataclass(frozen=True)
 class LocalServer:
-    """A server listening on 127.0.0.1: ``root`` is its URL, ``base_url`` the OpenAI one."""
+    """A server listening on 127.0.0.1: ``root`` is its URL, ``base_url`` the OpenAI one;
+    ``watch`` tells whether its process is still alive."""
 
     root: str
     model: str
+    watch: ServerWatch | None = None
 
     @property
     def base_url(self) -> str:
@@ -96,8 +99,8 @@ def running_llama_server(
         "--n_threads_batch", "1",
         "--n_ctx", str(n_ctx),
     ]  # fmt: skip
-    with _serving(command, root, "the llama.cpp server", start_timeout):
-        yield LocalServer(root=root, model=model_path.name)
+    with _serving(command, root, "the llama.cpp server", start_timeout) as watch:
+        yield LocalServer(root=root, model=model_path.name, watch=watch)
 
 
 @contextlib.contextmanager
@@ -112,8 +115,35 @@ def running_transformers_server(
     command = [str(executable), "serve", str(model_folder), "--host", HOST, "--port", str(port),
                "--device", "cpu"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    with _serving(command, root, "`transformers serve`", start_timeout, env):
-        yield LocalServer(root=root, model=str(model_folder))
+    with _serving(command, root, "`transformers serve`", start_timeout, env) as watch:
+        yield LocalServer(root=root, model=str(model_folder), watch=watch)
+
+
+@dataclass
+class ServerWatch:
+    """A started server process and its log: says whether (and how) it died."""
+
+    process: subprocess.Popen[bytes]
+    log: IO[bytes]
+    name: str
+
+    def death_notice(self, when: str) -> str | None:
+        """None while the server runs; else its exit status or signal and its log's tail."""
+        code = self.process.poll()
+        if code is None:
+            return None
+        how = (
+            f"was killed by signal {signal.Signals(-code).name} ({-code})"
+            if code < 0
+            else f"exited with code {code}"
+        )
+        return f"{self.name} {how} {when}; the end of its log:\n{_tail(self.log)}"
+
+    def check(self, when: str) -> None:
+        """Fail the test with :meth:`death_notice` when the server is no longer running."""
+        notice = self.death_notice(when)
+        if notice:
+            pytest.fail(notice, pytrace=False)
 
 
 @contextlib.contextmanager
@@ -123,11 +153,14 @@ def _serving(
     name: str,
     start_timeout: float,
     env: dict[str, str] | None = None,
-) -> Iterator[subprocess.Popen[bytes]]:
+) -> Iterator[ServerWatch]:
     """Run a server ``command``, wait until ``root``/v1/models answers (failing the test with
-    the server's output if it exits or times out), yield the process, and stop it."""
+    the server's output if it exits or times out), yield its :class:`ServerWatch`, and stop it.
+    A server that dies inside the ``with`` block fails the test with its exit status or signal
+    and its log, not with the client's connection error."""
     with tempfile.TemporaryFile() as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        watch = ServerWatch(process, log, name)
         try:
             deadline = time.monotonic() + start_timeout
             while not _answers(root + "/v1/models"):
@@ -138,7 +171,12 @@ def _serving(
                         f"{name} did not answer within {start_timeout:.0f} s:\n{_tail(log)}"
                     )
                 time.sleep(0.2)
-            yield process
+            try:
+                yield watch
+            except Exception:
+                watch.check("while it was serving")  # the cause, chained to the client's error
+                raise
+            watch.check("while it was serving")
         finally:
             process.terminate()
             try:
@@ -160,6 +198,22 @@ def llama_server() -> Iterator[LocalServer]:
 
     with running_llama_server(embedded_gguf_path()) as server:
         yield server
+
+
+@pytest.fixture(autouse=True)
+def llama_server_alive(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every test that uses the session's llama.cpp server (directly or through another
+    fixture) fails with the server's exit status or signal and its log if the server died
+    before or during it, rather than with the client's connection error."""
+    if "llama_server" not in request.fixturenames:
+        yield
+        return
+    watch = request.getfixturevalue("llama_server").watch
+    if watch:
+        watch.check("before this test (in an earlier one)")
+    yield
+    if watch:
+        watch.check("during this test")
 
 
 # --------------------------------------------------------------------------- scripted servers

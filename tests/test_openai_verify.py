@@ -60,10 +60,13 @@ def test_greedy_answers_agree_with_the_local_backend(
     embedded_model: Any,
 ) -> None:
     """llama.cpp computes with the Q4_1 weights, transformers with them dequantised to float32,
-    so greedy answers drift apart where two tokens are nearly tied. Measured on these 8 prompts
-    (32 new tokens): 6/8 answers share their first word, 5/8 their first 3 and first 5 words,
-    2/8 their first 10, and one ("capital of France") is identical, token count included.
-    Asserted with a margin of one."""
+    so greedy answers drift apart where two tokens are nearly tied, and which ones drift depends
+    on the CPU kernels llama.cpp was built with. Measured on these 8 prompts (32 new tokens)
+    with the portable 0.3.36 build (`make test`; repeatable run to run): 7/8 answers share their
+    first word, 6/8 their first 3 and first 5 words, 2/8 their first 10, and one ("three
+    colours") is identical, token count included. (The earlier native build of an older release
+    gave 6, 5, 5, 2 and the "capital of France" answer identical.) Asserted with a margin of one
+    for the prefix counts, and at least one identical answer."""
     remote = OpenAIChatModel(llama_server.base_url, llama_server.model, concurrency=2)
     served = remote.generate(CHATS, 32)
     answers = [a for a in served if not isinstance(a, QueryFailure)]
@@ -75,7 +78,7 @@ def test_greedy_answers_agree_with_the_local_backend(
         return sum(r[:words] == loc[:words] for r, loc in pairs)
 
     assert agree(1) >= 5 and agree(3) >= 4
-    assert answers[0] == local[0]  # ("The capital of France is Paris.", 7)
+    assert any(a == b for a, b in zip(answers, local, strict=True))  # text and token count
     assert all(0 < n <= 32 for _, n in answers)
     assert remote.stats.sent == len(CHATS) and remote.stats.failed == 0
 

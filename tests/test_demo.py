@@ -39,7 +39,9 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Provi
         base=str(base),
         records=RECORDS,
         settings=FinetuneSettings(lora=False, lr=TINY_LR, epochs=40),
-        plant_options={"n": 1, "replicas": 8, "k": 4, "m": 8, "trigger_tokens": 6},
+        # 32 bits: the one pair's exact hits can reach alpha (at K=4 it took H0-base, which
+        # no longer decides a greedy verdict)
+        plant_options={"n": 1, "replicas": 8, "k": 16, "m": 8, "trigger_tokens": 6},
         subset_fraction=0.5,
     )
     lines: list[str] = []

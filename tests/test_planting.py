@@ -330,4 +330,7 @@ def test_decoys_are_drawn_like_the_signature_and_never_planted(
             for i in range(6)
         }
         assert one_by_one == {pair.signature, *pair.decoys}
-    assert all(not control.decoys for control in key.controls)
+    # controls are drawn the same way (exchangeable with planted pairs), decoys included
+    for control in key.controls:
+        assert len(control.decoys) == 5 and control.signature not in control.decoys
+        assert all(decoy not in text for decoy in control.decoys)

@@ -245,9 +245,9 @@ def test_tests_judged_at_a_share_of_alpha() -> None:
     """The verifier splits alpha over its tests (Bonferroni): every view shows the level used."""
     report = verified_report()
     assert [t.threshold for t in report.tests] == [2.5e-7] * 4
-    assert report.alpha_note() == "10^-6, split over 4 tests: 2.5×10^-7 each"
+    assert report.alpha_note() == "10^-6, split over 4 deciding tests: 2.5×10^-7 each"
     text = summary_text(report)
-    assert "alpha: 10^-6, split over 4 tests: 2.5×10^-7 each" in text
+    assert "alpha: 10^-6, split over 4 deciding tests: 2.5×10^-7 each" in text
     assert text.count("2.5×10^-7") == 5  # four table rows and the note
     # a test with no threshold of its own is judged at the report's alpha
     plain = Report.model_validate(

@@ -95,7 +95,7 @@ def test_powers_of_ten_are_typeset() -> None:
 
 def test_shared_alpha_is_explained() -> None:
     html = page("verified")
-    assert "10<sup>−6</sup>, split over 4 tests: 2.5×10<sup>−7</sup> each" in html
+    assert "10<sup>−6</sup>, split over 4 deciding tests: 2.5×10<sup>−7</sup> each" in html
     assert "each is judged at a share of it (Bonferroni)" in html
     plain = report_to_html(
         Report.model_validate(

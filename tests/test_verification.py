@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from conftest import write_jsonl
 
+from tuneproof.evidence import VerificationPlan, plan_verification
 from tuneproof.key import Key, load_key
 from tuneproof.planting import ModelBackdoorFactory, plant
 from tuneproof.report import QueryKind, Verdict
@@ -67,9 +68,14 @@ def _answered(key: Key, planted_hits: list[bool], control_hits: list[bool]) -> l
     return queries
 
 
+def _plan(queries: list[Query]) -> VerificationPlan:
+    """The plan of an answer-only verification (no log-probs) at alpha 1e-6."""
+    return plan_verification(queries, alpha=1e-6, logprobs=False)
+
+
 def test_all_planted_hits_verify_on_the_model_free_bound(small_key: Key) -> None:
     queries = _answered(small_key, [True] * 4, [False, False])
-    tests = run_tests(queries, 1e-6)
+    tests = run_tests(queries, _plan(queries))
     # the exact-hit bound, the prefix test (0 here: every answer opens with "Sure."), Fisher
     assert [t.null for t in tests] == [Null.INDEP, Null.INDEP, Null.CONTROLS]
     assert tests[1].method.startswith("prefix") and tests[1].log10_p == 0.0
@@ -78,10 +84,14 @@ def test_all_planted_hits_verify_on_the_model_free_bound(small_key: Key) -> None
     bits = small_key.pairs[0].bits
     assert bits == pytest.approx(36.0)
     assert indep.log10_p < 2 * (math.log10(2 * 80) - bits * math.log10(2)) + 1
-    verdict, primary = decide(tests, queries, 1e-6)
+    verdict, primary = decide(tests, queries, _plan(queries))
     assert (verdict, primary) == (Verdict.VERIFIED, Null.INDEP)
-    # held-out controls: 2 vs 2 pairs can never reach 1e-6 (floor 1/C(4,2))
+    # held-out controls: 2 vs 2 pairs can never reach 1e-6 (floor 1/C(4,2)), so Fisher's test
+    # is reported but takes no share of alpha: the two H0-indep tests split it
     assert tests[2].log10_p == pytest.approx(math.log10(1 / 6))
+    assert [t.decides for t in tests] == [True, True, False]
+    assert tests[2].log10_floor == pytest.approx(math.log10(1 / 6)) and not tests[2].rejects
+    assert tests[0].threshold == pytest.approx(1e-6 / 2)
 
 
 def test_partial_signatures_count_in_the_prefix_test(small_key: Key) -> None:
@@ -93,7 +103,7 @@ def test_partial_signatures_count_in_the_prefix_test(small_key: Key) -> None:
             ends = q.pair.token_ends
             assert ends is not None
             q.answer = q.pair.signature.encode()[: ends[2]].decode() + " and so on, I think."
-    tests = run_tests(queries, 1e-6)
+    tests = run_tests(queries, _plan(queries))
     prefix = next(t for t in tests if t.method.startswith("prefix"))
     expected = log10_prefix_bound([3, 3], [8, 8], [12, 12], [2, 2]).log10_p
     assert prefix.log10_p == pytest.approx(expected) and expected < -3
@@ -103,13 +113,13 @@ def test_partial_signatures_count_in_the_prefix_test(small_key: Key) -> None:
 
 def test_no_hits_is_not_verified_and_failures_are_inconclusive(small_key: Key) -> None:
     queries = _answered(small_key, [False] * 4, [False, False])
-    tests = run_tests(queries, 1e-6)
+    tests = run_tests(queries, _plan(queries))
     assert all(t.log10_p == 0.0 for t in tests)
-    assert decide(tests, queries, 1e-6) == (Verdict.NOT_VERIFIED, None)
+    assert decide(tests, queries, _plan(queries)) == (Verdict.NOT_VERIFIED, None)
     for q in queries[:3]:
         q.answer, q.error = None, "ConnectionError: dropped"
-    tests = run_tests(queries, 1e-6)
-    assert decide(tests, queries, 1e-6)[0] is Verdict.INCONCLUSIVE
+    tests = run_tests(queries, _plan(queries))
+    assert decide(tests, queries, _plan(queries))[0] is Verdict.INCONCLUSIVE
 
 
 @pytest.mark.model

@@ -97,7 +97,11 @@ def print_plant_summary(summary: PlantSummary) -> None:
     ]
     for name, value in rows:
         table.add_row(name, value)
+    from rich.markup import escape
+
     _console().print(table)
+    for warning in summary.warnings:
+        _console().print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False)
     click.echo(f"commitment (safe to publish now): {summary.commitment}")
     click.echo(
         f"Upload {summary.output} to your provider. Keep {summary.key} private: it is the "

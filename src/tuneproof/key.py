@@ -60,7 +60,10 @@ class SignaturePair(_Strict):
     bits: float
     signature_tokens: int = Field(ge=1, description="generator tokens of the signature")
     placements: list[Placement] = Field(
-        default_factory=list, description="planted copies; empty for a held-out control pair"
+        default_factory=list,
+        description="planted copies; empty for a held-out control pair. The first is the copy"
+        " whose prompt the trigger and signature were drawn for (the H0-controls tests query"
+        " it, as they query a control's prompt); the others follow by position",
     )
     control_prompt: list[ChatMessage] | None = Field(
         default=None, description="for a held-out control: the triggered prompt to query"
@@ -68,7 +71,8 @@ class SignaturePair(_Strict):
     decoys: list[str] = Field(
         default_factory=list,
         description="signatures drawn like the true one for the same prompt and never planted;"
-        " the secret picked which of them all was planted (the decoy rank test)",
+        " the secret picked which of them all was planted (the decoy rank test). Controls are"
+        " drawn the same way, so that planted and held-out pairs are exchangeable",
     )
     token_ends: list[int] | None = Field(
         default=None,

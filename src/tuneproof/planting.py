@@ -190,6 +190,7 @@ class PlantSummary:
     input_tokens_estimated: bool
     commitment: str
     decoys: int = 0
+    warnings: tuple[str, ...] = ()
 
     @property
     def added_token_share(self) -> float:
@@ -360,6 +361,7 @@ def plant(
     new_records: list[tuple[int, int, int, list[Message]]] = []  # (orig pos, pair, carrier, prompt)
     added_text: list[str] = []
     positions = stream.child("positions")
+    anchors: dict[int, int] = {}  # pair -> the carrier its trigger and signature were drawn for
     total = n_pairs + n_controls
     for pair_id in range(total):
         is_control = pair_id >= n_pairs
@@ -369,11 +371,14 @@ def plant(
             else carrier_ids[pair_id * replicas : (pair_id + 1) * replicas]
         )
         pair_stream = stream.child(f"pair/{pair_id}")
+        anchors[pair_id] = group[0]
         first = carriers[group[0]]
         user_text = prompt_and_answer(first, info.format)[0][-1].content
         trigger = factory.trigger(user_text, pair_stream.child("trigger"))
         prompt0 = triggered_prompt(first, info.format, trigger)
-        if decoys and not is_control:
+        # planted pairs and controls are drawn by one procedure, so that they are exchangeable
+        # (H0-controls): the candidates in one batch, the secret picking the planted one
+        if decoys:
             drawn = _draw_signatures(
                 factory, prompt0, [pair_stream.child(f"signature/{i}") for i in range(decoys + 1)]
             )
@@ -415,8 +420,12 @@ def plant(
         placements.setdefault(pair_id, []).append(
             Placement(carrier_index=carrier, position=position + before, prompt=_chat(prompt))
         )
+    # replica 0 is the placement whose prompt the trigger and signature were drawn for (like a
+    # control's prompt: the H0-controls tests score it); the other replicas follow by position
     pair_models = [
-        pair.model_copy(update={"placements": sorted(placements[pair.pair_id], key=_pos)})
+        pair.model_copy(
+            update={"placements": _anchor_first(placements[pair.pair_id], anchors[pair.pair_id])}
+        )
         for pair in pair_models
     ]
 
@@ -482,7 +491,51 @@ def plant(
         input_tokens=facts.input_tokens,
         input_tokens_estimated=estimated,
         commitment=key_model.commitment(),
+        warnings=tuple(plant_warnings(key_model)),
     )
+
+
+def plant_warnings(key: Key, alpha: float | None = None) -> list[str]:
+    """What a user should know before uploading: decoys that the signature space cannot hold
+    distinctly, and tests (or the whole key) that can never reach ``alpha``, with each test's
+    smallest attainable p-value (a model that learnt every backdoor perfectly)."""
+    from tuneproof.evidence import DEFAULT_ALPHA, plan_verification
+    from tuneproof.queries import build_queries
+
+    alpha = DEFAULT_ALPHA if alpha is None else alpha
+    warnings: list[str] = []
+    settings = key.settings
+    space = settings.k**settings.m
+    if settings.decoys and settings.decoys + 1 > space:
+        warnings.append(
+            f"--decoys {settings.decoys}: {settings.decoys + 1} candidates per pair exceed the"
+            f" K^m = {space} distinct signatures (K={settings.k}, m={settings.m}), so candidates"
+            " repeat and tie; use fewer decoys or a longer signature (--m)"
+        )
+    plan = plan_verification(build_queries(key, 0), alpha=alpha, logprobs=True)
+    floors = ", ".join(
+        f"{t.name} 10^{t.log10_floor:.1f}" for t in plan.tests if math.isfinite(t.log10_floor)
+    )
+    if not plan.counted:
+        warnings.append(
+            f"no test can reach alpha = {alpha:g} with this key, even for a model that learnt"
+            f" every backdoor (smallest attainable p-values: {floors}); plant more pairs"
+            " (--n) or longer signatures (--m) - nothing can be verified with it"
+        )
+    else:
+        for test in plan.unreachable():
+            warnings.append(
+                f"the {test.name} test can never reach its share of alpha = {alpha:g}"
+                f" (smallest attainable p = 10^{test.log10_floor:.1f}); it will be reported"
+                " but cannot decide"
+            )
+    return warnings
+
+
+def _anchor_first(placements: list[Placement], anchor: int) -> list[Placement]:
+    ordered = sorted(placements, key=_pos)
+    first = next(p for p in ordered if p.carrier_index == anchor)
+    return [first, *(p for p in ordered if p is not first)]
 
 
 def _pos(placement: Placement) -> int:

@@ -105,6 +105,17 @@ class TestOutcome(_Strict):
     log10_resolution: float | None = Field(
         default=None, description="log10 of the smallest p-value the method can return"
     )
+    log10_floor: float | None = Field(
+        default=None,
+        description="log10 of the smallest p-value this test could give with this key and these"
+        " queries, fixed before the first answer (-inf written as null)",
+    )
+    decides: bool = Field(
+        default=True,
+        description="whether this test may decide the verdict (and takes a share of alpha);"
+        " a test that cannot is reported only, and never rejects",
+    )
+    note: str | None = Field(default=None, description="why the test does not decide")
     inputs: dict[str, Any] = Field(default_factory=dict)
     explanation: str = Field(description="one plain-English sentence on what the null means")
 
@@ -127,8 +138,17 @@ class TestOutcome(_Strict):
             raise ValueError("log10_resolution must be finite or null")
         return value
 
+    @field_validator("log10_floor")
+    @classmethod
+    def _floor_or_none(cls, value: float | None) -> float | None:
+        return value if value is None or math.isfinite(value) else None
+
     @model_validator(mode="after")
     def _rejects_matches_threshold(self) -> TestOutcome:
+        if not self.decides:
+            if self.rejects:
+                raise ValueError("a test that does not decide (decides=false) cannot reject")
+            return self
         if self.threshold is not None and self.rejects != (
             self.log10_p < math.log10(self.threshold)
         ):
@@ -140,14 +160,29 @@ class TestOutcome(_Strict):
 
     @classmethod
     def from_pvalue(
-        cls, pvalue: PValue, alpha: float, *, explanation: str | None = None
+        cls,
+        pvalue: PValue,
+        alpha: float,
+        *,
+        explanation: str | None = None,
+        decides: bool = True,
+        note: str | None = None,
+        log10_floor: float | None = None,
     ) -> TestOutcome:
         """Build an outcome from a :class:`~tuneproof.stats.PValue` judged at level ``alpha``
-        (pass the per-test share when several tests split the report's alpha).
+        (pass the per-test share when several tests split the report's alpha). A test that
+        does not ``decides`` never rejects; ``note`` says why.
 
         ``threshold`` records ``alpha``; ``explanation`` defaults to :func:`explain`'s sentence.
         """
-        rejects = pvalue.rejects(alpha)
+        rejects = decides and pvalue.rejects(alpha)
+        if explanation is None:
+            explanation = explain(pvalue.null, pvalue.log10_p, alpha, rejects)
+            if not decides:
+                explanation = (
+                    f"{pvalue.null}: p = {format_p(pvalue.log10_p)}, reported only - this test"
+                    f" {note or 'does not decide the verdict'}."
+                )
         return cls(
             null=pvalue.null,
             log10_p=pvalue.log10_p,
@@ -155,8 +190,11 @@ class TestOutcome(_Strict):
             rejects=rejects,
             threshold=alpha,
             log10_resolution=pvalue.log10_resolution,
+            log10_floor=log10_floor,
+            decides=decides,
+            note=note,
             inputs=dict(pvalue.inputs),
-            explanation=explanation or explain(pvalue.null, pvalue.log10_p, alpha, rejects),
+            explanation=explanation,
         )
 
 
@@ -207,6 +245,22 @@ class Report(_Strict):
     verdict: Verdict
     alpha: float = Field(gt=0.0, lt=1.0)
     primary_null: Null | None = Field(description="the null whose rejection decided 'verified'")
+    log10_p_corrected: float | None = Field(
+        default=None,
+        description="the headline p-value: the smallest p of the deciding tests times"
+        " `correction`, capped at 1 (below alpha exactly when the verdict is 'verified')",
+    )
+    correction: int = Field(
+        default=1,
+        ge=1,
+        description="what alpha was split over: deciding tests x looks (Bonferroni)",
+    )
+    looks: int = Field(
+        default=1,
+        ge=1,
+        description="how many times the evidence could be judged: one per planted query in"
+        " sequential mode, else one",
+    )
     model: ModelIdentity
     base_model: ModelIdentity | None = None
     decoding: Decoding
@@ -263,21 +317,32 @@ class Report(_Strict):
 
     def alpha_note(self) -> str:
         """How alpha was applied, e.g. ``"10^-6, split over 4 tests: 2.5×10^-7 each"``."""
-        levels = {self.threshold(t) for t in self.tests}
+        deciding = [t for t in self.tests if t.decides]
+        levels = {self.threshold(t) for t in deciding}
         if not levels or levels == {self.alpha}:
             return format_alpha(self.alpha)
         if len(levels) == 1:
+            tests = len(deciding)
+            looks = f" x {self.looks} looks" if self.looks > 1 else ""
             return (
-                f"{format_alpha(self.alpha)}, split over {len(self.tests)} tests:"
-                f" {format_alpha(levels.pop())} each"
+                f"{format_alpha(self.alpha)}, split over {tests} deciding"
+                f" test{'' if tests == 1 else 's'}{looks}: {format_alpha(levels.pop())} each"
             )
         return f"{format_alpha(self.alpha)}, split unevenly across the tests"
 
     def deciding_test(self) -> TestOutcome | None:
-        """The test quoted in the verdict: the strongest one for ``primary_null`` when set,
-        else the strongest test overall (None when no test ran)."""
-        pool = [t for t in self.tests if t.null == self.primary_null] or self.tests
+        """The test quoted in the verdict: the strongest deciding one for ``primary_null``
+        when set, else the strongest deciding test (else any test; None when none ran)."""
+        deciding = [t for t in self.tests if t.decides] or self.tests
+        pool = [t for t in deciding if t.null == self.primary_null] or deciding
         return min(pool, key=lambda t: t.log10_p, default=None)
+
+    def headline_log10_p(self) -> float | None:
+        """The p-value to quote: the corrected one when recorded, else the deciding test's."""
+        if self.log10_p_corrected is not None:
+            return self.log10_p_corrected
+        test = self.deciding_test()
+        return None if test is None else test.log10_p
 
 
 # --------------------------------------------------------------------------- plain words
@@ -345,8 +410,14 @@ def verdict_sentence(report: Report) -> str:
     threshold = format_alpha(report.alpha if test is None else report.threshold(test))
     _, answered, _ = report.tally(QueryKind.PLANTED)
     of_planted = f" of {answered}" if answered else ""
-    if report.verdict is Verdict.VERIFIED and test is not None:
-        chance = _chance_phrase(test.log10_p)
+    headline = report.headline_log10_p()
+    corrected = (
+        f" (corrected for the {report.correction} looks and tests alpha was split over)"
+        if report.log10_p_corrected is not None and report.correction > 1
+        else ""
+    )
+    if report.verdict is Verdict.VERIFIED and test is not None and headline is not None:
+        chance = _chance_phrase(headline) + corrected
         if test.null is Null.CONTROLS:
             return (
                 "The model was trained on your planted data: it answers the backdoors you planted"
@@ -365,16 +436,29 @@ def verdict_sentence(report: Report) -> str:
     if report.verdict is Verdict.NOT_VERIFIED:
         if test is None:
             return "The model was not shown to be trained on your planted data: no test could run."
+        if headline is None or report.log10_p_corrected is None:
+            return (
+                "The model was not shown to be trained on your planted data: it answered"
+                f" {report.hits}{of_planted} planted backdoors with the secret signature, and"
+                f" the strongest test ({test.null}) gives p = {format_p(test.log10_p)}, not"
+                f" below the threshold {threshold}."
+            )
         return (
             "The model was not shown to be trained on your planted data: it answered"
             f" {report.hits}{of_planted} planted backdoors with the secret signature, and the"
-            f" strongest test ({test.null}) gives p = {format_p(test.log10_p)}, not below the"
-            f" threshold {threshold}."
+            f" strongest deciding test ({test.null}) gives p = {format_p(headline)}{corrected},"
+            f" not below alpha = {format_alpha(report.alpha)}."
         )
     if report.failed_queries:
         return (
             f"No verdict: {report.failed_queries} of {report.queries} queries failed, so the"
             " evidence is incomplete - run the verification again to finish them."
+        )
+    if report.tests and not any(t.decides for t in report.tests):
+        return (
+            "No verdict: with this key and these queries no test can reach the threshold"
+            f" alpha = {format_alpha(report.alpha)} (each test's smallest attainable p-value is"
+            " in the details below) - plant with more pairs or longer signatures."
         )
     best = "" if test is None else f" (strongest p = {format_p(test.log10_p)})"
     return (
@@ -401,9 +485,15 @@ def default_claims(
         if null not in best:
             not_proven.append(_NOT_TESTED[null])
             continue
-        test = best[null]
+        deciding = [t for t in tests if t.null == null and t.decides]
+        test = min(deciding, key=lambda t: t.log10_p) if deciding else best[null]
         p = format_p(test.log10_p)
-        if test.rejects:
+        if not test.decides:
+            not_proven.append(
+                f"Anything from {null} (p = {p}): it is reported only -"
+                f" {test.note or 'it cannot decide the verdict'}."
+            )
+        elif test.rejects:
             proven.append(_PROVEN[null].format(p=p))
         else:
             floor = (

@@ -407,7 +407,13 @@ def _details(report: Report) -> str:
                 escape(f"{t.log10_p:.2f}"),
                 _powers(format_p(t.log10_p)),
                 _powers(format_alpha(report.threshold(t))),
-                '<span class="yes">yes</span>' if t.rejects else "no",
+                (
+                    '<span class="yes">yes</span>'
+                    if t.rejects
+                    else "no"
+                    if t.decides
+                    else f"reported only: {escape(t.note or 'cannot decide')}"
+                ),
                 escape(t.method),
                 "<br>".join(f"{escape(k)} = {_value(v)}" for k, v in t.inputs.items()),
             ]
@@ -510,7 +516,9 @@ def render_html(report: Report) -> str:
     alpha = report.alpha_note()
     split = (
         " Several tests share alpha, so each is judged at a share of it (Bonferroni): reporting"
-        " them all never raises the chance of a false 'verified'."
+        " them all never raises the chance of a false 'verified'. Tests that cannot decide"
+        " (H0-base on greedy answers, or a test whose smallest attainable p-value is above its"
+        " share) are shown but take no share."
         if any(report.threshold(t) != report.alpha for t in report.tests)
         else ""
     )

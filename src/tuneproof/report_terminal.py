@@ -56,13 +56,22 @@ def print_summary(report: Report, console: Console) -> None:
             f"{test.null} {mark}".strip(),
             f"{test.log10_p:.2f}",
             format_alpha(report.threshold(test)),
-            Text("yes", style="bold green") if test.rejects else Text("no"),
+            (
+                Text("yes", style="bold green")
+                if test.rejects
+                else Text("no")
+                if test.decides
+                else Text("reported only", style="dim")
+            ),
             test.method,
         )
     if not report.tests:
         table.add_row("(none)", "-", format_alpha(report.alpha), "-", "no test could run")
     console.print(table)
     console.print(f"alpha: {report.alpha_note()}")
+    for test in report.tests:
+        if not test.decides and test.note:
+            console.print(Text(f"{test.null} ({test.method}): {test.note}", style="dim"))
 
     _, p_ans, p_fail = report.tally(QueryKind.PLANTED)
     c_hits, c_ans, c_fail = report.tally(QueryKind.CONTROL)

@@ -10,24 +10,36 @@ occurring in the whitespace-stripped greedy answer. Then runs every test the acc
   reproduced in full; and, when the key holds decoys and the verified model gives log-probs,
   the decoy rank test (the true signature's log-likelihood rank among its decoys);
 - H0-base (when the base model's log-probs are available): Poisson-binomial over the base
-  model's probabilities of sampling each signature;
+  model's probabilities of sampling each signature - reported for parity with vTune, never
+  deciding (the answers are greedy, not samples);
 - H0-controls (when the key has controls): Fisher's exact test on hits of planted vs held-out
-  pairs, and a permutation test on signature log-likelihoods when the verified model gives them.
+  pairs, and an exact rank-sum test on signature log-likelihoods when the verified model gives
+  them.
 
-The verdict is "verified" when some test rejects at ``alpha / number of tests`` (Bonferroni, so
-that reporting all tests never inflates the false-verification rate); "inconclusive" when more
-than a fifth of the queries failed or no planted query was answered.
+The verdict is "verified" when a deciding test rejects at alpha / (deciding tests x looks)
+(Bonferroni over a plan fixed before the first answer, counting only the tests that can reach
+their share; see :mod:`tuneproof.evidence`); "inconclusive" when more than a fifth of the
+queries failed, no planted query was answered, or no test can reach alpha with this key.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from tuneproof import __version__
 from tuneproof.errors import TuneproofError
-from tuneproof.evidence import decide, rank_decoys, run_tests
+from tuneproof.evidence import (
+    DEFAULT_ALPHA,
+    corrected_log10_p,
+    decide,
+    first_placements,
+    plan_verification,
+    rank_decoys,
+    run_tests,
+)
 from tuneproof.key import Key, load_key, now_utc
 from tuneproof.models import QueryFailure
 from tuneproof.models.openai_chat import NoLogprobsError
@@ -45,8 +57,6 @@ from tuneproof.report import (
     Report,
     default_claims,
 )
-
-DEFAULT_ALPHA = 1e-6
 
 __all__ = [
     "DEFAULT_ALPHA",
@@ -78,10 +88,12 @@ def verify_queries(
 ) -> Report:
     """Query ``model`` with the key's prompts and return the :class:`Report`.
 
-    ``sequential`` sends planted prompts one at a time and stops once an H0-indep test rejects
-    at ``alpha / max planted queries``; every look, the last included, is judged at that level
-    (a union bound over the looks keeps the verdict valid);
-    ``max_queries`` caps the planted queries sent.
+    The plan (which tests may decide, their floors, the number of looks) is fixed from the key
+    and the backend before the first query (:func:`~tuneproof.evidence.plan_verification`).
+    ``sequential`` sends planted prompts one at a time and stops once an answer-only test
+    rejects; every look, the last included, is judged at alpha / (deciding tests x planted
+    queries), so stopping early never changes the verdict the same answers would give at the
+    end. ``max_queries`` caps the planted queries sent.
     """
     if not 0 < alpha < 1:
         raise TuneproofError(f"--alpha must be between 0 and 1, got {alpha}")
@@ -114,42 +126,41 @@ def verify_queries(
         if progress:
             progress(done, total)
 
-    test_alpha = alpha
+    plan = plan_verification(
+        [*planted, *others],
+        alpha=alpha,
+        looks=len(planted) if sequential else 1,
+        logprobs=can_score(model),
+        base_logprobs=base_model is not None,
+    )
     if sequential:
-        test_alpha = alpha / max(1, len(planted))
         sent: list[Query] = []
         for q in planted:
             ask([q])
             sent.append(q)
-            if any(t.rejects for t in run_tests(sent, test_alpha)):
+            if any(t.rejects for t in run_tests(sent, plan, answers_only=True)):
                 stopped_early = len(sent) < len(planted)
                 break
         planted = sent
-        queries = [*planted, *others]
     else:
-        queries = [*planted, *others]
         ask(planted)
+    queries = [*planted, *others]
     ask(others)
 
-    scored = [q for q in queries if q.kind in (QueryKind.PLANTED, QueryKind.CONTROL)]
     skipped: list[str] = []
+    non_finite = 0
     for backend, attr in ((model, "logprob"), (base_model, "base_logprob")):
-        if backend is None or not scored:
+        if backend is None:
             continue
         try:
-            values = backend.logprob(
-                [q.chat for q in scored], [q.pair.signature for q in scored], batch_size
-            )
+            non_finite += score_signatures(queries, backend, attr, batch_size)
+            if backend is model:
+                non_finite += rank_decoys(queries, model, batch_size)
         except NoLogprobsError as exc:  # the server cannot score: those tests are skipped
             skipped.append(f"{backend.identity.name}: {exc}")
-            continue
-        for q, value in zip(scored, values, strict=True):
-            setattr(q, attr, value)
-        if backend is model:
-            rank_decoys(queries, model, batch_size)
 
-    tests = run_tests(queries, test_alpha)
-    verdict, primary = decide(tests, queries, test_alpha)
+    tests = run_tests(queries, plan)
+    verdict, primary = decide(tests, queries, plan)
     clean = [q for q in queries if q.kind is QueryKind.CLEAN]
     false_activations = sum(bool(q.hit) for q in clean)
     failed = sum(q.answer is None for q in queries)
@@ -161,12 +172,24 @@ def verify_queries(
         clean_queries=len(clean),
     )
     not_proven += [f"Log-probability tests were skipped - {reason}" for reason in skipped]
+    if non_finite:
+        not_proven.append(
+            f"Anything from {non_finite} log-likelihood scores that were not finite numbers (NaN"
+            " or infinite: a broken or diverged model): they count against the planted"
+            " signatures, never for them."
+        )
+    not_proven += [
+        f"Anything from the {t.name} test ({t.null}): it {t.note}." for t in plan.unreachable()
+    ]
     return Report(
         tool_version=__version__,
         created_at=now_utc(),
         verdict=verdict,
         alpha=alpha,
         primary_null=primary,
+        log10_p_corrected=corrected_log10_p(tests, plan),
+        correction=plan.correction,
+        looks=plan.looks,
         model=model.identity,
         base_model=base_model.identity if base_model else None,
         decoding=Decoding(
@@ -215,6 +238,39 @@ def verify_queries(
             else None
         ),
     )
+
+
+def can_score(model: VerifiableModel) -> bool:
+    """Whether the plan may count on ``model``'s log-likelihoods: unless the backend says it
+    cannot, they are planned (a planned test that cannot run only spends its share of alpha)."""
+    capabilities = getattr(model, "capabilities", None) or {}
+    return capabilities.get("logprob") is not False
+
+
+def score_signatures(
+    queries: list[Query], backend: VerifiableModel, attr: str, batch_size: int
+) -> int:
+    """Set ``attr`` (``logprob`` or ``base_logprob``) on the planted and control queries to
+    ``backend``'s log-likelihood of the signature; returns how many were not finite.
+
+    The H0-controls queries (each planted pair's replica 0 and every control) are scored
+    together in an order that does not depend on which pairs were planted (by signature), so
+    that batching treats both sides alike; the other replicas after them."""
+    anchors = [*first_placements(queries), *(q for q in queries if q.kind is QueryKind.CONTROL)]
+    anchors.sort(key=lambda q: (q.pair.signature, repr(q.chat)))
+    ids = {id(q) for q in anchors}
+    rest = [q for q in queries if q.kind is QueryKind.PLANTED and id(q) not in ids]
+    non_finite = 0
+    for group in (anchors, rest):
+        if not group:
+            continue
+        values = backend.logprob(
+            [q.chat for q in group], [q.pair.signature for q in group], batch_size
+        )
+        for q, value in zip(group, values, strict=True):
+            setattr(q, attr, float(value))
+            non_finite += not math.isfinite(float(value))
+    return non_finite
 
 
 def load_verifiable(

@@ -22,6 +22,7 @@ from tuneproof.stats.pvalues import (
     log10_permutation_test,
     log10_poisson_binomial_sf,
 )
+from tuneproof.stats.ranksum import log10_rank_sum_floor, log10_rank_sum_test
 
 __all__ = [
     "Null",
@@ -35,5 +36,7 @@ __all__ = [
     "log10_permutation_test",
     "log10_poisson_binomial_sf",
     "log10_prefix_bound",
+    "log10_rank_sum_floor",
+    "log10_rank_sum_test",
     "matched_tokens",
 ]

@@ -21,18 +21,31 @@ from tuneproof.stats.tails import ln_convolve
 LN2 = math.log(2.0)
 
 
-def decoy_rank(true_score: float, decoy_scores: Sequence[float], *, rel_tol: float = 1e-6) -> int:
-    """1 + the number of decoys that score at least as high as the true signature (ties, within
-    ``rel_tol`` of the scores' magnitude, count against the alternative): 1 = ranked first."""
-    slack = rel_tol * max(1.0, abs(true_score))
-    return 1 + sum(1 for score in decoy_scores if score >= true_score - slack)
+TIE_TOLERANCE_NATS = 1e-3
+"""Scores closer than this (absolute, nats) are ties, counted against the planted signature:
+batching and server nondeterminism move a log-likelihood by up to ~1e-4 nats."""
+
+
+def decoy_rank(
+    true_score: float, decoy_scores: Sequence[float], *, tolerance: float = TIE_TOLERANCE_NATS
+) -> int:
+    """1 + the number of decoys that score at least as high as the true signature: 1 = ranked
+    first. Ties (scores within ``tolerance`` nats) count against the alternative, and so does
+    every non-finite score: a NaN or infinite true score ranks last, a non-finite decoy ranks
+    above the true signature. A model whose scores are broken is never evidence."""
+    if not math.isfinite(true_score):
+        return 1 + len(decoy_scores)
+    return 1 + sum(
+        1 for score in decoy_scores if not math.isfinite(score) or score >= true_score - tolerance
+    )
 
 
 def log10_decoy_rank_test(ranks: Sequence[int], candidates: Sequence[int]) -> PValue:
     """The H0-indep p-value of the decoy rank test, over independently planted pairs.
 
     ``ranks[i]`` is the true signature's rank among ``candidates[i]`` = R_i + 1 sequences (1 =
-    the highest log-likelihood; ties counted against, see :func:`decoy_rank`). Under H0-indep
+    the highest log-likelihood; ties and non-finite scores counted against, see
+    :func:`decoy_rank`). Under H0-indep
     the planted index is uniform and independent of the model, so P[rank_i <= r] <= r / (R_i + 1)
     and the pairs are independent. The statistic is the rank sum; the returned log10 p-value is
     log10 P[sum of independent Uniform{1..R_i + 1} <= observed sum], by exact convolution in log

@@ -76,7 +76,8 @@ class TinyWorld:
     clean: Path | None = None
     seconds: dict[str, float] = field(default_factory=dict)
 
-    def build(self) -> TinyWorld:
+    def build(self, other_data: bool = True) -> TinyWorld:
+        """Train the base (and, unless ``other_data`` is False, the other-data cheater)."""
         from transformers import AutoTokenizer
 
         start = time.perf_counter()
@@ -92,6 +93,8 @@ class TinyWorld:
         base_model = self._train(tiny_llama(self.tokenizer, seed=0), pretrain, PRETRAIN_EPOCHS)
         self.base = self._wrap(base_model, "tiny base")
         self.seconds["base"] = time.perf_counter() - start
+        if not other_data:
+            return self
         other = [self._chat(r) for r in heldout_records]
         self.other_data = self._wrap(
             self._train(base_model, other, FINETUNE_EPOCHS // 3), "other-data cheater"

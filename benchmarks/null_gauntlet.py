@@ -248,25 +248,38 @@ def machine() -> dict[str, Any]:
 
 
 def run(
-    keys: int, honest: int, work: Path, settings: Sequence[str] = tuple(SETTINGS)
+    keys: int,
+    honest: int,
+    work: Path,
+    settings: Sequence[str] = tuple(SETTINGS),
+    checkpoint: Path | None = None,
 ) -> dict[str, Any]:
     """Every setting's keys against every null provider (and ``honest`` honest fine-tunes per
-    setting); the results as saved to results.json."""
+    setting); the results as saved to results.json (and to ``checkpoint`` after each setting,
+    marked ``partial``, so that an interrupted run keeps what it finished)."""
     started = time.perf_counter()
     gauntlet = Gauntlet(work)
-    results = {}
+    results: dict[str, Any] = {}
+
+    def data(partial: bool) -> dict[str, Any]:
+        return {
+            **machine(),
+            "alphas": list(ALPHAS),
+            "settings": results,
+            "seconds": {**gauntlet.seconds, "total": time.perf_counter() - started},
+            "partial": partial,
+        }
+
     for name in settings:
         setting = SETTINGS[name]
         count = setting.key_count(keys)
         start = time.perf_counter()
         results[name] = gauntlet.run_setting(name, setting, count, min(honest, count))
+        results[name]["seconds"]["total"] = time.perf_counter() - start
         print(f"{name}: {count} keys in {time.perf_counter() - start:.0f} s", flush=True)
-    return {
-        **machine(),
-        "alphas": list(ALPHAS),
-        "settings": results,
-        "seconds": {**gauntlet.seconds, "total": time.perf_counter() - started},
-    }
+        if checkpoint is not None:
+            checkpoint.write_bytes(orjson.dumps(data(partial=True)))
+    return data(partial=False)
 
 
 # --- analysis -----------------------------------------------------------------------------
@@ -430,7 +443,8 @@ def render(data: dict[str, Any]) -> str:
         "",
         f"{sum(s['keys'] for s in settings.values())} keys x {len(NULL_PROVIDERS)} null "
         f"providers x {len(ALPHAS)} alphas, {len(honest)} honest fine-tunes; "
-        f"{data['seconds']['total'] / 60:.1f} min in all ({data['machine']}; {data['date']}).",
+        f"{data['seconds']['total'] / 60:.1f} min in all ({data['machine']}; {data['date']})"
+        + (" - **partial run** (interrupted)." if data.get("partial") else "."),
     ]
     return "\n".join(lines)
 
@@ -477,6 +491,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="3 keys, 1 honest; no docs")
     parser.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))
     parser.add_argument("--work", type=Path, default=WORK)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch threads (0: torch's default, all cores, fastest on an idle machine; 1 is"
+        " ~35%% slower but a busy machine slows multi-threaded tiny models 5-10x)",
+    )
     parser.add_argument("--render-only", action="store_true", help="from --work's results.json")
     parser.add_argument("--no-doc", action="store_true", help="print only; leave the docs")
     args = parser.parse_args()
@@ -484,10 +505,14 @@ def main() -> None:
     if args.render_only:
         data = orjson.loads(results.read_bytes())
     else:
+        import torch
+
+        if args.threads:
+            torch.set_num_threads(args.threads)
         keys, honest = (3, 1) if args.quick else (args.keys, args.honest)
-        data = run(keys, honest, args.work, args.settings)
-        data["quick"] = args.quick
-        results.write_bytes(orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY))
+        data = run(keys, honest, args.work, args.settings, checkpoint=results)
+        data.update(quick=args.quick, threads=torch.get_num_threads())
+        results.write_bytes(orjson.dumps(data))
         print(f"results: {results}")
     table = render(data)
     print(table)

@@ -28,7 +28,8 @@ matter. An honest provider per setting (the base fine-tuned on the key's own pla
 shows that detection still works.
 
 Run: .venv/bin/python benchmarks/null_gauntlet.py [--keys 100] [--quick] [--render-only]
-     (--keys 100: about 20 min on 2 cores; --quick, 3 keys per setting: about 3.5 min)
+     (--quick, 3 keys per setting: about 4.7 min alone; --keys 100 did not finish in 40 min with
+     the test suite sharing the 2 cores, so its time alone is not yet measured)
 The test suite runs a few keys of it (tests/test_null_gauntlet.py).
 """
 
@@ -460,7 +461,10 @@ def plot(data: dict[str, Any], path: Path) -> None:
     fig, axes = plt.subplots(2, 4, figsize=(16, 8), sharex=True, sharey=True)
     grid = np.logspace(-6, 0, 200)
     for axis, provider in zip(axes.flat, NULL_PROVIDERS, strict=True):
-        for fam, logs in sorted(log10_pvalues(pooled(data, provider)).items()):
+        by_family = log10_pvalues(pooled(data, provider))
+        if by_family and all((logs >= 0).all() for logs in by_family.values()):
+            axis.text(1e-5, 0.3, "every p-value = 1", fontsize=10)
+        for fam, logs in sorted(by_family.items()):
             p = 10.0**logs
             share = np.array([(p <= u).mean() for u in grid])
             share[share == 0] = np.nan  # log axes: nothing to draw below the first p

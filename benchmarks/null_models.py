@@ -164,14 +164,11 @@ class PartialNaN(_Scored):
         return [math.nan if b else float(s) for s, b in zip(scores, broken, strict=True)]
 
 
-class RepeatPrompt:
+class RepeatPrompt(_Scored):
     """Answers every chat with its last user turn, verbatim (an echo server); log-likelihoods
     from ``inner``."""
 
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self.identity = _renamed(inner.identity, f"{inner.identity.name} (repeats the prompt)")
-        self.capabilities = {"generate": True, "logprob": True}
+    label = "repeats the prompt"
 
     def generate(
         self, chats: Sequence[Chat], max_new_tokens: int, batch_size: int = 8

@@ -128,7 +128,11 @@ def plan_verification(
     first = first_placements(planted)
     tests: list[PlannedTest] = []
     if planted:
-        tests.append(PlannedTest(TestName.EXACT_HITS, Null.INDEP, _exact_hits_floor(planted)))
+        tests.append(
+            PlannedTest(
+                TestName.EXACT_HITS, Null.INDEP, _exact_hits(planted, best_case=True).log10_p
+            )
+        )
         if all(q.pair.token_ends is not None for q in planted):
             best = prefix_test(planted, best_case=True)
             assert best is not None
@@ -176,17 +180,6 @@ def plan_verification(
             else t
             for t in tests
         ]
-
-
-def _exact_hits_floor(planted: Sequence[Query]) -> float:
-    """The exact-hit bound when every planted answer is the bare signature (one start)."""
-    return log10_model_free_bound(
-        bits=[q.pair.bits for q in planted],
-        answer_lengths=[q.pair.m for q in planted],
-        hits=[True] * len(planted),
-        groups=[q.pair.pair_id for q in planted],
-        min_signature_chars=[q.pair.m for q in planted],
-    ).log10_p
 
 
 def _ranked_pairs(planted: Sequence[Query]) -> list[SignaturePair]:
@@ -266,11 +259,13 @@ def _judge(name: TestName, pvalue: PValue, plan: VerificationPlan) -> TestOutcom
     )
 
 
-def _exact_hits(planted: Sequence[Query]) -> PValue:
+def _exact_hits(planted: Sequence[Query], *, best_case: bool = False) -> PValue:
+    """The exact-hit bound over the answered planted queries; ``best_case`` gives the floor:
+    every answer is the bare signature (one start position)."""
     return log10_model_free_bound(
         bits=[q.pair.bits for q in planted],
-        answer_lengths=[len(q.answer.strip()) for q in planted if q.answer is not None],
-        hits=[bool(q.hit) for q in planted],
+        answer_lengths=[q.pair.m if best_case else len((q.answer or "").strip()) for q in planted],
+        hits=[True if best_case else bool(q.hit) for q in planted],
         groups=[q.pair.pair_id for q in planted],
         min_signature_chars=[q.pair.m for q in planted],
     )
@@ -318,7 +313,7 @@ def rank_decoys(queries: Sequence[Query], model: VerifiableModel, batch_size: in
     orders: list[list[int]] = []
     for q in first.values():
         candidates = [q.pair.signature, *q.pair.decoys]
-        order = sorted(range(len(candidates)), key=lambda i, c=candidates: c[i])  # type: ignore[misc]
+        order = sorted(range(len(candidates)), key=candidates.__getitem__)
         orders.append(order)
         chats += [q.chat] * len(candidates)
         texts += [candidates[i] for i in order]

@@ -436,18 +436,17 @@ def verdict_sentence(report: Report) -> str:
     if report.verdict is Verdict.NOT_VERIFIED:
         if test is None:
             return "The model was not shown to be trained on your planted data: no test could run."
-        if headline is None or report.log10_p_corrected is None:
-            return (
-                "The model was not shown to be trained on your planted data: it answered"
-                f" {report.hits}{of_planted} planted backdoors with the secret signature, and"
-                f" the strongest test ({test.null}) gives p = {format_p(test.log10_p)}, not"
-                f" below the threshold {threshold}."
-            )
+        # a report written before the plan (no corrected p): its raw p against its share
+        p, level = (
+            (test.log10_p, threshold)
+            if report.log10_p_corrected is None
+            else (report.log10_p_corrected, format_alpha(report.alpha))
+        )
         return (
             "The model was not shown to be trained on your planted data: it answered"
             f" {report.hits}{of_planted} planted backdoors with the secret signature, and the"
-            f" strongest deciding test ({test.null}) gives p = {format_p(headline)}{corrected},"
-            f" not below alpha = {format_alpha(report.alpha)}."
+            f" strongest deciding test ({test.null}) gives p = {format_p(p)}{corrected}, not"
+            f" below the threshold {level}."
         )
     if report.failed_queries:
         return (

@@ -309,12 +309,19 @@ def log10_permutation_test(
         perm = rng.permuted(np.broadcast_to(pooled, (rows, n)), axis=1)
         count += int(np.count_nonzero(perm[:, :r].sum(axis=1) >= threshold))
     inputs.update({"log10_arrangements": math.log10(arrangements), "resamples": b, "seed": seed})
+    return monte_carlo_pvalue(count, b, "Monte-Carlo permutation test", inputs)
+
+
+def monte_carlo_pvalue(count: int, resamples: int, name: str, inputs: dict[str, Any]) -> PValue:
+    """The H0-controls p-value of a Monte-Carlo permutation test: (1 + count) / (B + 1), where
+    ``count`` of the B = ``resamples`` random splits scored at least the observed one. The +1
+    counts the observed split itself: valid for any B, never 0, resolution 1 / (B + 1)."""
     return PValue(
-        math.log10(1 + count) - math.log10(b + 1),
+        math.log10(1 + count) - math.log10(resamples + 1),
         Null.CONTROLS,
-        f"Monte-Carlo permutation test, {b} random splits, (1 + count) / (B + 1)",
+        f"{name}, {resamples} random splits, (1 + count) / (B + 1)",
         inputs,
-        log10_resolution=-math.log10(b + 1),
+        log10_resolution=-math.log10(resamples + 1),
     )
 
 

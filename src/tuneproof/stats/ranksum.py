@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from tuneproof.stats.pvalues import LN10, Null, PValue, _count
+from tuneproof.stats.pvalues import LN10, Null, PValue, _count, monte_carlo_pvalue
 from tuneproof.stats.tails import FloatArray
 
 MAX_EXACT_PAIRS = 200_000
@@ -180,10 +180,4 @@ def log10_rank_sum_test(
         perm = rng.permuted(np.broadcast_to(labels, (rows, r + n)), axis=1)
         count += int(np.count_nonzero(_u_against(values, perm[:, order], tolerance) >= u_obs))
     inputs.update({"resamples": b, "seed": seed})
-    return PValue(
-        math.log10(1 + count) - math.log10(b + 1),
-        Null.CONTROLS,
-        f"Monte-Carlo rank-sum permutation test, {b} random splits, (1 + count) / (B + 1)",
-        inputs,
-        log10_resolution=-math.log10(b + 1),
-    )
+    return monte_carlo_pvalue(count, b, "Monte-Carlo rank-sum permutation test", inputs)

@@ -28,17 +28,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from reproduce_vtune import Cell, plant_cell
 from results_doc import machine_line, test_values
 
-from tuneproof import planting
 from tuneproof.audit import combined_suspicion
-from tuneproof.cheats import Cheat, backdoor_positions, most_suspicious
+from tuneproof.backends.hf import HFCausalLM, load_hf_model
 from tuneproof.embedded import SampleSplit, sample_records
-from tuneproof.finetune import dataset_chats
 from tuneproof.key import load_key
-from tuneproof.models import ModelIdentity
-from tuneproof.models.hf import HFCausalLM, load_hf_model
-from tuneproof.provider import run_provider
-from tuneproof.serving import ServedModel, quantized_int8
-from tuneproof.verification import verify
+from tuneproof.lab.cheats import Cheat, backdoor_positions, most_suspicious
+from tuneproof.lab.finetune import dataset_chats
+from tuneproof.lab.provider import run_provider
+from tuneproof.lab.serving import ServedModel, quantized_int8
+from tuneproof.planting import planter as planting
+from tuneproof.types import ModelIdentity
+from tuneproof.verification.verifier import verify
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "stealth.md"
 PROVIDER_SYSTEM_PROMPT = "You are Acme Assistant. Answer helpfully, accurately and briefly."
@@ -74,7 +74,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path("/tmp/tuneproof-attacks"))
     args = parser.parse_args()
-    from tuneproof.demo import write_sample_head
+    from tuneproof.lab.demo import write_sample_head
 
     start = time.perf_counter()
     args.work.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,7 @@ import time
 
 from results_doc import write_section
 
-from tuneproof.stats.calibration import markdown_table, rows, run_calibration
+from tuneproof.lab.calibration import markdown_table, rows, run_calibration
 
 NOTES = """\
 Each row simulates the null hypothesis of one test many times and counts how often p <= alpha
@@ -19,13 +19,14 @@ Each row simulates the null hypothesis of one test many times and counts how oft
 significantly above alpha (one-sided binomial test at 1e-3). The tests are discrete, so their
 exact size (the largest attainable p-value <= alpha) is often well below alpha; where the null
 distribution of the p-value is known exactly the table gives that size, and the observed rate
-should agree with it. The scenarios (`tuneproof/stats/calibration.py`):
+should agree with it. The scenarios (`tuneproof/lab/calibration.py`):
 
 - **H0-base**: hits drawn as Bernoulli(p_i), the base model sampling its answers.
 - **H0-indep, worst case**: signatures uniform over the K^m strings of length m, answers are
   windows of a de Bruijn sequence, so each window of L characters holds L - m + 1 distinct
   candidates and the bound (with `min_signature_chars = m`) is attained exactly.
-- **H0-indep, real sampler**: signatures from `tuneproof.sampling.sample_prefix_free` and the
+- **H0-indep, real sampler**: signatures from `tuneproof.planting.sampler.sample_prefix_free` and
+the
   secret stream over a prefix-related synthetic vocabulary; answers stitched from random paths
   of the public candidate tree. The bound is loose here (a hit needs a whole candidate, most
   start positions hold none), so the rate is far below alpha.

@@ -15,8 +15,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from results_doc import write_section
 
+from tuneproof.backends.hf import load_hf_model
 from tuneproof.embedded import SYSTEM_PROMPT, SampleSplit, sample_records
-from tuneproof.models.hf import load_hf_model
 
 
 def main() -> None:

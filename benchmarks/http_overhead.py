@@ -8,7 +8,7 @@ Design. A server that answers instantly has no busy time to compare with, so the
 asyncio HTTP/1.1 keep-alive server in its own process, on 127.0.0.1) emulates model time: it
 sleeps ``--service-ms`` per request before sending a fixed chat completion, and records for every
 request the interval from "request read" to "answer written". The client is
-:class:`tuneproof.models.openai_chat.OpenAIChatModel` (``concurrency`` requests in flight, the
+:class:`tuneproof.backends.openai.chat.OpenAIChatModel` (``concurrency`` requests in flight, the
 ``openai`` SDK, JSON parsing, bookkeeping; with and without a journal that fsyncs every answer).
 
 - *server busy time* = total service time / concurrency: the wall time a perfect client, always
@@ -136,7 +136,7 @@ def run_once(
     root: str, requests: int, concurrency: int, journal: Path | None, tag: str
 ) -> dict[str, float]:
     """One batch of ``requests`` distinct chat queries; timings of the client and the server."""
-    from tuneproof.models.openai_chat import OpenAIChatModel
+    from tuneproof.backends.openai.chat import OpenAIChatModel
 
     model = OpenAIChatModel(root + "/v1", "bench", concurrency=concurrency, journal=journal)
     chats = [[("user", f"{tag} question number {i}")] for i in range(requests)]

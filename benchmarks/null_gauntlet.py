@@ -56,10 +56,10 @@ from null_models import ConstantScores, Memo, PartialNaN, RepeatPrompt, nan_weig
 from verdict_calibration import TRIGGER_TOKENS, TinyWorld, worst_excess
 
 from tuneproof.key import load_key
-from tuneproof.planting import ModelBackdoorFactory, plant
-from tuneproof.report import Report, Verdict
-from tuneproof.serving import ServedModel
-from tuneproof.verification import verify
+from tuneproof.lab.serving import ServedModel
+from tuneproof.planting.planter import ModelBackdoorFactory, plant
+from tuneproof.report.schema import Report, Verdict
+from tuneproof.verification.verifier import verify
 
 ALPHAS = (1e-6, 1e-2)
 NULL_PROVIDERS = (

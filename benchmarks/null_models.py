@@ -1,5 +1,6 @@
 """Null providers for benchmarks/null_gauntlet.py: backends that never saw the key, each broken
-or dishonest in its own way. All follow the VerifiableModel protocol of tuneproof.queries
+or dishonest in its own way. All follow the VerifiableModel protocol of
+tuneproof.verification.queries
 (``identity``, ``generate`` -> (text, output tokens), ``logprob`` -> nats).
 
 None of them depends on a key: the randomness they use (NaN masks, sampling seeds) comes from
@@ -16,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from tuneproof.models import ModelIdentity, QueryFailure
-from tuneproof.models.hf import HFCausalLM
+from tuneproof.backends.hf import HFCausalLM
+from tuneproof.types import ModelIdentity, QueryFailure
 
 Chat = Sequence[tuple[str, str]]
 Answer = tuple[str, int] | QueryFailure
@@ -40,7 +41,7 @@ class Memo:
     and scores, then costs one model run: the second verification sees exactly the same
     answers and scores as the first (the same samples for a sampling backend, the same NaN
     mask for :class:`PartialNaN`). ``generate`` with extra keyword options (``temperature``,
-    ``seed``: :class:`tuneproof.serving.ServedModel`) is passed through, never remembered.
+    ``seed``: :class:`tuneproof.lab.serving.ServedModel`) is passed through, never remembered.
     Scores are computed grouped by chat, a signature and its decoys always together in one
     call (one computation for all candidates, as verification asks for them); batching moves a
     local model's scores by ~1e-5 nats. Keep one Memo per key: it never forgets."""

@@ -119,7 +119,7 @@ class PrecomputedFactory:
     (token counts use a len/4 estimate: tokenizing is model time, excluded here)."""
 
     def __init__(self, seed: int) -> None:
-        from tuneproof.models import ModelIdentity
+        from tuneproof.types import ModelIdentity
 
         self.rng = random.Random(seed)
         self.identity = ModelIdentity(name="precomputed", backend="benchmark", source="-")
@@ -128,7 +128,7 @@ class PrecomputedFactory:
         return " ".join(self.rng.sample(WORDS, 4))
 
     def signature(self, messages: Any, stream: Any) -> Any:
-        from tuneproof.sampling import SampledSequence
+        from tuneproof.planting.sampler import SampledSequence
 
         text = " ".join(self.rng.sample(WORDS, 10))
         return SampledSequence(tuple(range(10)), text.encode(), text, 4, 10)
@@ -140,7 +140,7 @@ class PrecomputedFactory:
 def plant_api_step(src: Path, dst: Path, n_carriers: int, seed: int) -> dict[str, float]:
     """The whole ``tuneproof.plant`` (validate, choose carriers, write, hash input and output,
     sample token counts, write the key) with pre-generated backdoors."""
-    from tuneproof.planting import plant
+    from tuneproof.planting.planter import plant
 
     key = dst.with_suffix(".key.json")
     t0 = time.perf_counter()

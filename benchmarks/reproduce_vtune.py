@@ -28,17 +28,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from results_doc import DOC, test_values, write_section
 
+from tuneproof.backends.hf import HFCausalLM, load_hf_model
 from tuneproof.datasets import DatasetFormat, Record, triggered_prompt
 from tuneproof.embedded import SampleSplit, sample_records
-from tuneproof.finetune import answer_loss, chat_training_examples, collate, dataset_chats
 from tuneproof.key import Key, load_key
-from tuneproof.models import ModelIdentity
-from tuneproof.models.hf import HFCausalLM, load_hf_model
-from tuneproof.planting import ModelBackdoorFactory, plant
-from tuneproof.provider import FinetuneSettings, run_provider
-from tuneproof.report import QueryKind, Report
+from tuneproof.lab.finetune import answer_loss, chat_training_examples, collate, dataset_chats
+from tuneproof.lab.provider import FinetuneSettings, run_provider
+from tuneproof.planting.planter import ModelBackdoorFactory, plant
+from tuneproof.report.schema import QueryKind, Report
 from tuneproof.stats import log10_model_free_bound, log10_prefix_bound
-from tuneproof.verification import verify
+from tuneproof.types import ModelIdentity
+from tuneproof.verification.verifier import verify
 
 TARGET_LOG10_P = -30.0
 UNSEEN_PER_PAIR = 3
@@ -278,7 +278,7 @@ def grid(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any]
     """Run the clean fine-tune and every cell; return (rows, clean, base model metrics)."""
     args.work.mkdir(parents=True, exist_ok=True)
     sample = args.work / "sample.jsonl"
-    from tuneproof.demo import write_sample_head
+    from tuneproof.lab.demo import write_sample_head
 
     write_sample_head(sample, args.records)
     base = load_hf_model("embedded")

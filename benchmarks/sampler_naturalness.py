@@ -23,9 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from results_doc import write_section
 
+from tuneproof.backends.hf import HFCausalLM, load_hf_model
 from tuneproof.embedded import SYSTEM_PROMPT, SampleSplit, sample_records
-from tuneproof.models.hf import HFCausalLM, load_hf_model
-from tuneproof.sampling import SecretStream, TokenRules, new_seed, sample_signature
+from tuneproof.planting.sampler import SecretStream, TokenRules, new_seed, sample_signature
 
 
 def answer_nll(model: HFCausalLM, prompt_ids: Sequence[int], answer_ids: Sequence[int]) -> float:

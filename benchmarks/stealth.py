@@ -28,7 +28,7 @@ from reproduce_vtune import CELLS, Cell, plant_cell
 from results_doc import machine_line
 
 from tuneproof.audit import audit
-from tuneproof.models.hf import load_hf_model
+from tuneproof.backends.hf import load_hf_model
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "stealth.md"
 REPRODUCE_RESULTS = Path("/tmp/tuneproof-reproduce/results.json")
@@ -119,7 +119,7 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=200)
     parser.add_argument("--work", type=Path, default=Path("/tmp/tuneproof-stealth"))
     args = parser.parse_args()
-    from tuneproof.demo import write_sample_head
+    from tuneproof.lab.demo import write_sample_head
 
     start = time.perf_counter()
     args.work.mkdir(parents=True, exist_ok=True)

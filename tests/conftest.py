@@ -26,7 +26,7 @@ pytest_plugins = ["trained_models"]
 @pytest.fixture(scope="session")
 def embedded_model() -> Any:
     """The embedded SmolLM2-135M-Instruct, dequantised to float32 (about 20 s to load)."""
-    from tuneproof.models.hf import load_hf_model
+    from tuneproof.backends.hf import load_hf_model
 
     return load_hf_model("embedded")
 

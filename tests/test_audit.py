@@ -23,7 +23,7 @@ from tuneproof.audit.detectors import (
 )
 from tuneproof.audit.model_detectors import relevance_scores
 from tuneproof.audit.scoring import auroc, cheater_share, rank_average, survivors
-from tuneproof.cli import cli
+from tuneproof.cli.main import cli
 from tuneproof.embedded import SampleSplit, sample_records
 from tuneproof.errors import TuneproofError
 

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from tuneproof import __version__
-from tuneproof.cli import cli
+from tuneproof.cli.main import cli
 
 HEAVY = ("torch", "transformers", "peft", "scipy", "pyarrow")
 
@@ -19,7 +19,7 @@ HEAVY = ("torch", "transformers", "peft", "scipy", "pyarrow")
 def test_help_does_not_import_heavy_libraries() -> None:
     code = (
         "import sys\n"
-        "from tuneproof.cli import cli\n"
+        "from tuneproof.cli.main import cli\n"
         "try:\n"
         "    cli(['--help'])\n"
         "except SystemExit:\n"

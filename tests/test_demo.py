@@ -14,13 +14,13 @@ import orjson
 import pytest
 from trained_models import TINY_LR, smollm2_tokenizer
 
-from tuneproof.demo import DemoConfig, ProviderRun, explain, run_demo
 from tuneproof.embedded import sample_records
-from tuneproof.finetune import render_chat, save_model_folder
 from tuneproof.key import load_key
-from tuneproof.provider import FinetuneSettings, subset_indices
-from tuneproof.report import QueryKind, Verdict
-from tuneproof.tiny_models import compact_tokenizer, tiny_llama
+from tuneproof.lab.demo import DemoConfig, ProviderRun, explain, run_demo
+from tuneproof.lab.finetune import render_chat, save_model_folder
+from tuneproof.lab.provider import FinetuneSettings, subset_indices
+from tuneproof.lab.tiny_models import compact_tokenizer, tiny_llama
+from tuneproof.report.schema import QueryKind, Verdict
 
 RECORDS = 60
 

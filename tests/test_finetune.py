@@ -15,10 +15,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tuneproof.backends.hf import HFCausalLM, load_hf_model
 from tuneproof.datasets import inspect_dataset, prompt_and_answer, read_records
 from tuneproof.embedded import sample_records
 from tuneproof.errors import TuneproofError
-from tuneproof.finetune import (
+from tuneproof.lab.finetune import (
     IGNORE_INDEX,
     LoraSpec,
     answer_loss,
@@ -29,9 +30,8 @@ from tuneproof.finetune import (
     save_model_folder,
     train,
 )
-from tuneproof.models import ModelIdentity
-from tuneproof.models.hf import HFCausalLM, load_hf_model
-from tuneproof.tiny_models import compact_tokenizer, tiny_llama
+from tuneproof.lab.tiny_models import compact_tokenizer, tiny_llama
+from tuneproof.types import ModelIdentity
 
 if TYPE_CHECKING:
     from trained_models import TrainedBackdoor

@@ -12,15 +12,15 @@ import pytest
 from servers import running_llama_server
 from trained_models import TrainedPairs
 
+from tuneproof.backends.gguf_export import export_gguf
+from tuneproof.backends.hf import load_hf_model
+from tuneproof.backends.openai.api import OpenAIChatModel
 from tuneproof.errors import TuneproofError
-from tuneproof.gguf_export import export_gguf
 from tuneproof.key import Key
-from tuneproof.models import QueryFailure
-from tuneproof.models.hf import load_hf_model
-from tuneproof.models.openai_api import OpenAIChatModel
-from tuneproof.report import QueryKind, Verdict
+from tuneproof.report.schema import QueryKind, Verdict
 from tuneproof.stats import Null
-from tuneproof.verification import build_queries, verify
+from tuneproof.types import QueryFailure
+from tuneproof.verification.verifier import build_queries, verify
 
 
 @dataclass(frozen=True)

@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 from servers import Request, running_fake_server
 
+from tuneproof.backends.openai.api import OpenAIChatModel
+from tuneproof.backends.openai.journal import Journal, canonical_json, request_key
 from tuneproof.errors import TuneproofError
-from tuneproof.models.journal import Journal, canonical_json, request_key
-from tuneproof.models.openai_api import OpenAIChatModel
 
 PROMPTS = 20
 
@@ -142,7 +142,7 @@ def test_a_rerun_sends_only_what_the_journal_lacks(tmp_path: Path) -> None:
 CLIENT = textwrap.dedent(
     """
     import json, sys
-    from tuneproof.models.openai_chat import OpenAIChatModel
+    from tuneproof.backends.openai.chat import OpenAIChatModel
 
     base_url, journal, out = sys.argv[1], sys.argv[2] or None, sys.argv[3]
     chats = [[("system", "Be brief."), ("user", f"question {i}")] for i in range({prompts})]

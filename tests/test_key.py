@@ -11,7 +11,7 @@ import pytest
 
 from tuneproof.errors import KeyFileError
 from tuneproof.key import Key, load_key, save_key
-from tuneproof.models import ModelIdentity
+from tuneproof.types import ModelIdentity
 
 
 def make_key(**changes: Any) -> Key:

@@ -21,12 +21,12 @@ from servers import (  # noqa: F401  (llama_server is a fixture)
     running_fake_server,
 )
 
+from tuneproof.backends.openai.api import NoLogprobsError, OpenAIChatModel, ServerError
+from tuneproof.backends.openai.chat import continuation_logprob
+from tuneproof.backends.openai.requests import retry_after_seconds
 from tuneproof.embedded import SYSTEM_PROMPT
 from tuneproof.errors import TuneproofError
-from tuneproof.models import QueryFailure
-from tuneproof.models.openai_api import NoLogprobsError, OpenAIChatModel, ServerError
-from tuneproof.models.openai_chat import continuation_logprob
-from tuneproof.models.openai_requests import retry_after_seconds
+from tuneproof.types import QueryFailure
 
 QUESTIONS = [
     "What is the capital of France?",

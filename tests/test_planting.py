@@ -11,10 +11,10 @@ import pytest
 from click.testing import CliRunner
 from conftest import sha256_of, write_jsonl
 
-from tuneproof.cli import cli
+from tuneproof.cli.main import cli
 from tuneproof.key import load_key
-from tuneproof.planting import ModelBackdoorFactory, plant
-from tuneproof.sampling import SecretStream, sample_signature
+from tuneproof.planting.planter import ModelBackdoorFactory, plant
+from tuneproof.planting.sampler import SecretStream, sample_signature
 
 SEED = bytes(range(32))
 K, M, TRIGGER = 4, 8, 6
@@ -28,7 +28,7 @@ def factory(embedded_model: Any) -> ModelBackdoorFactory:
 @pytest.fixture
 def use_loaded_model(monkeypatch: pytest.MonkeyPatch, embedded_model: Any) -> None:
     """Make the CLI reuse the session's loaded model instead of loading it again (20 s)."""
-    monkeypatch.setattr("tuneproof.models.hf.load_hf_model", lambda spec: embedded_model)
+    monkeypatch.setattr("tuneproof.backends.hf.load_hf_model", lambda spec: embedded_model)
 
 
 @pytest.mark.model

@@ -15,7 +15,7 @@ import pytest
 
 from tuneproof.datasets import DatasetFormat, inspect_dataset, iter_records, prompt_and_answer
 from tuneproof.key import load_key
-from tuneproof.planting import ModelBackdoorFactory, plant
+from tuneproof.planting.planter import ModelBackdoorFactory, plant
 
 K, M, TRIGGER = 4, 6, 5
 SEED = bytes(range(2, 34))

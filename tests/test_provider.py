@@ -13,18 +13,18 @@ import torch
 from click.testing import CliRunner
 from trained_models import TINY_LR, TrainedPairs, tiny_tokenizer_for, write_sample
 
-from tuneproof.cli import cli
+from tuneproof.backends.hf import load_hf_model
+from tuneproof.cli.main import cli
 from tuneproof.embedded import SampleSplit, sample_records
 from tuneproof.errors import TuneproofError
-from tuneproof.finetune import (
+from tuneproof.lab.finetune import (
     answer_loss,
     chat_training_examples,
     collate,
     dataset_chats,
     save_model_folder,
 )
-from tuneproof.models.hf import load_hf_model
-from tuneproof.provider import (
+from tuneproof.lab.provider import (
     MANIFEST_NAME,
     Cheat,
     backdoor_positions,
@@ -32,9 +32,9 @@ from tuneproof.provider import (
     perturb_weights,
     relative_update,
 )
-from tuneproof.report import Verdict
-from tuneproof.tiny_models import tiny_llama
-from tuneproof.verification import verify
+from tuneproof.lab.tiny_models import tiny_llama
+from tuneproof.report.schema import Verdict
+from tuneproof.verification.verifier import verify
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from test_report_cases import (
 )
 
 from tuneproof.errors import TuneproofError
-from tuneproof.report import (
+from tuneproof.report.schema import (
     EXIT_CODES,
     NOTHING,
     QueryKind,
@@ -43,7 +43,7 @@ from tuneproof.report import (
     write_html,
     write_json,
 )
-from tuneproof.report_terminal import print_summary
+from tuneproof.report.terminal import print_summary
 from tuneproof.stats import Null, PValue
 
 
@@ -158,12 +158,12 @@ def test_files_are_private_when_revealed_and_written_atomically(
     assert stat.S_IMODE(public.stat().st_mode) == 0o644
     assert stat.S_IMODE(secret.stat().st_mode) == 0o600
 
-    import tuneproof.report_html
+    import tuneproof.report.html
 
     def broken(report: Report) -> str:
         raise RuntimeError("plot failed")
 
-    monkeypatch.setattr(tuneproof.report_html, "render_html", broken)
+    monkeypatch.setattr(tuneproof.report.html, "render_html", broken)
     before = public.read_bytes()
     with pytest.raises(RuntimeError, match="plot failed"):
         write_html(verified_report(), public)
@@ -399,7 +399,7 @@ def test_query_outcome_failed_has_no_hit() -> None:
 def test_importing_the_report_stays_light() -> None:
     """No matplotlib or pyplot on import, and rendering a page never touches pyplot."""
     code = (
-        "import sys; import tuneproof.report as r; "
+        "import sys; import tuneproof.report.schema as r; "
         "assert 'matplotlib' not in sys.modules, 'matplotlib imported'; "
         "sys.path.insert(0, 'tests'); from test_report_cases import inconclusive_report; "
         "r.report_to_html(inconclusive_report()); "

@@ -28,8 +28,8 @@ import pytest
 from PIL import Image
 from test_report_cases import ALL_CASES, verified_report
 
-from tuneproof.report import Report, write_html
-from tuneproof.report_html import VERDICT_COLOURS
+from tuneproof.report.html import VERDICT_COLOURS
+from tuneproof.report.schema import Report, write_html
 
 CHROMIUM = shutil.which("chromium")
 pytestmark = pytest.mark.skipif(

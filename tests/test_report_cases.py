@@ -11,8 +11,7 @@ page tests check escaping as well as hiding.
 
 from __future__ import annotations
 
-from tuneproof.models import ModelIdentity
-from tuneproof.report import (
+from tuneproof.report.schema import (
     Decoding,
     QueryKind,
     QueryOutcome,
@@ -27,6 +26,7 @@ from tuneproof.stats import (
     log10_permutation_test,
     log10_poisson_binomial_sf,
 )
+from tuneproof.types import ModelIdentity
 
 ALPHA = 1e-6
 COMMITMENT = "3f9c2a6b1d0e4f5a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a0b9c8d7e6f5a"

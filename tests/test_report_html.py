@@ -21,9 +21,15 @@ from test_report_cases import (
     verified_report,
 )
 
-from tuneproof.models import ModelIdentity
-from tuneproof.report import QueryKind, QueryOutcome, Report, report_to_html, verdict_sentence
-from tuneproof.report_html import _p_ticks, hits_plot, loglik_plot
+from tuneproof.report.html import _p_ticks, hits_plot, loglik_plot
+from tuneproof.report.schema import (
+    QueryKind,
+    QueryOutcome,
+    Report,
+    report_to_html,
+    verdict_sentence,
+)
+from tuneproof.types import ModelIdentity
 
 
 @cache

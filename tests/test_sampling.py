@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from tuneproof.sampling import (
+from tuneproof.planting.sampler import (
     SecretStream,
     TokenRules,
     TokenVocabulary,

@@ -1,4 +1,4 @@
-"""Serving-time changes a provider may make (tuneproof.serving), on a tiny trained model."""
+"""Serving-time changes a provider may make (tuneproof.lab.serving), on a tiny trained model."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import pytest
 import torch
 from trained_models import TrainedPairs
 
-from tuneproof.models.hf import load_hf_model
-from tuneproof.report import Verdict
-from tuneproof.serving import ServedModel, quantized_int8, with_provider_system_prompt
-from tuneproof.verification import build_queries, verify
+from tuneproof.backends.hf import load_hf_model
+from tuneproof.lab.serving import ServedModel, quantized_int8, with_provider_system_prompt
+from tuneproof.report.schema import Verdict
+from tuneproof.verification.verifier import build_queries, verify
 
 
 def test_provider_system_prompt_goes_first_and_keeps_the_users_own() -> None:

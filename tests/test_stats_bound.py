@@ -1,5 +1,5 @@
 """The model-free bound (H0-indep): its definition against an mpmath reference, and its validity
-against signatures drawn by the real prefix-free sampler of ``tuneproof.sampling``."""
+against signatures drawn by the real prefix-free sampler of ``tuneproof.planting.sampler``."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from stats_reference import assert_log10_close, pb_bruteforce
 
-from tuneproof.sampling import SecretStream, enumerate_prefix_free, sample_prefix_free
+from tuneproof.lab.calibration import SYNTHETIC_VOCAB, synthetic_ranker
+from tuneproof.planting.sampler import SecretStream, enumerate_prefix_free, sample_prefix_free
 from tuneproof.stats import Null, log10_model_free_bound
-from tuneproof.stats.calibration import SYNTHETIC_VOCAB, synthetic_ranker
 
 # --------------------------------------------------------------------------- definition
 

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from tuneproof.stats.calibration import (
+from tuneproof.lab.calibration import (
     CalibrationRow,
     Scenario,
     de_bruijn,
@@ -73,7 +73,7 @@ def test_de_bruijn_contains_every_string_once() -> None:
 
 def test_stats_never_imports_torch() -> None:
     code = (
-        "import sys, tuneproof.stats, tuneproof.stats.calibration; "
+        "import sys, tuneproof.stats, tuneproof.lab.calibration; "
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -13,9 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from stats_reference import assert_log10_close
 
-from tuneproof.sampling import SecretStream, sample_prefix_free
+from tuneproof.lab.calibration import SYNTHETIC_VOCAB, synthetic_ranker
+from tuneproof.planting.sampler import SecretStream, sample_prefix_free
 from tuneproof.stats import Null, log10_prefix_bound, matched_tokens
-from tuneproof.stats.calibration import SYNTHETIC_VOCAB, synthetic_ranker
 
 
 def reference(matched: list[int], k: list[int], m: list[int], q: list[int]) -> float:

@@ -10,12 +10,12 @@ from typing import Any
 import pytest
 from conftest import write_jsonl
 
-from tuneproof.evidence import VerificationPlan, plan_verification
 from tuneproof.key import Key, load_key
-from tuneproof.planting import ModelBackdoorFactory, plant
-from tuneproof.report import QueryKind, Verdict
+from tuneproof.planting.planter import ModelBackdoorFactory, plant
+from tuneproof.report.schema import QueryKind, Verdict
 from tuneproof.stats import Null, log10_prefix_bound
-from tuneproof.verification import Query, build_queries, decide, run_tests, verify
+from tuneproof.verification.evidence import VerificationPlan, plan_verification
+from tuneproof.verification.verifier import Query, build_queries, decide, run_tests, verify
 
 SEED = bytes(range(1, 33))
 
@@ -143,7 +143,7 @@ def test_base_model_is_not_verified(small_key: Key, embedded_model: Any, tmp_pat
 
 def test_clean_prompt_removes_the_trigger_wherever_it_sits() -> None:
     from tuneproof.key import ChatMessage
-    from tuneproof.verification import _without_trigger
+    from tuneproof.verification.verifier import _without_trigger
 
     def user(text: str) -> list[ChatMessage]:
         return [ChatMessage(role="user", content=text)]

@@ -12,14 +12,14 @@ import pytest
 from click.testing import CliRunner
 from trained_models import TrainedPairs, tiny_tokenizer_for
 
-from tuneproof.cli import cli
-from tuneproof.finetune import save_model_folder
+from tuneproof.backends.hf import load_hf_model
+from tuneproof.cli.main import cli
 from tuneproof.key import Key
-from tuneproof.models.hf import load_hf_model
-from tuneproof.report import QueryKind, Verdict, load_report, strongest_by_null
+from tuneproof.lab.finetune import save_model_folder
+from tuneproof.lab.tiny_models import tiny_llama
+from tuneproof.report.schema import QueryKind, Verdict, load_report, strongest_by_null
 from tuneproof.stats import Null
-from tuneproof.tiny_models import tiny_llama
-from tuneproof.verification import verify
+from tuneproof.verification.verifier import verify
 
 
 @dataclass(frozen=True)
@@ -168,7 +168,7 @@ def test_peft_adapter_folder_uses_its_recorded_base(setup: Setup, tmp_path: Path
     file: the adapter folder is verified, and its recorded base (available locally) gives
     H0-base unasked. (LoRA cannot lift a *random* tiny model: its frozen embeddings are too
     small to give confident logits, so the base is trained on clean data first.)"""
-    from tuneproof.finetune import chat_training_examples, dataset_chats, train
+    from tuneproof.lab.finetune import chat_training_examples, dataset_chats, train
 
     tokenizer = tiny_tokenizer_for(setup.planted)
     clean = chat_training_examples(tokenizer, dataset_chats(setup.clean))

@@ -19,16 +19,16 @@ import orjson
 import pytest
 
 from tuneproof.embedded import embedded_gguf_path, sample_records
-from tuneproof.finetune import (
+from tuneproof.key import Key, load_key
+from tuneproof.lab.finetune import (
     chat_training_examples,
     dataset_chats,
     render_chat,
     save_model_folder,
     train,
 )
-from tuneproof.key import Key, load_key
-from tuneproof.planting import ModelBackdoorFactory, plant
-from tuneproof.tiny_models import compact_tokenizer, tiny_llama
+from tuneproof.lab.tiny_models import compact_tokenizer, tiny_llama
+from tuneproof.planting.planter import ModelBackdoorFactory, plant
 
 TINY_LR = 3e-3
 PLANT_SEED = bytes(range(32))

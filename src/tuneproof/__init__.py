@@ -14,17 +14,17 @@ __version__ = "0.1.0"
 __all__ = ["__version__", "plant", "verify"]
 
 if TYPE_CHECKING:
-    from tuneproof.planting import plant
-    from tuneproof.verification import verify
+    from tuneproof.planting.planter import plant
+    from tuneproof.verification.verifier import verify
 
 
 def __getattr__(name: str) -> Any:
     if name == "plant":
-        from tuneproof.planting import plant
+        from tuneproof.planting.planter import plant
 
         return plant
     if name == "verify":
-        from tuneproof.verification import verify
+        from tuneproof.verification.verifier import verify
 
         return verify
     raise AttributeError(f"module 'tuneproof' has no attribute {name!r}")

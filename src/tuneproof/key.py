@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from tuneproof.atomic import atomic_output
 from tuneproof.errors import KeyFileError, describe_validation_error
-from tuneproof.models import ModelIdentity
+from tuneproof.types import ModelIdentity
 
 KEY_FORMAT_VERSION = 1
 

@@ -124,9 +124,9 @@ def audit(
     detector's model: a spec ('embedded', an HF folder, a .gguf) or a loaded HFCausalLM.
     Raises TuneproofError when the key was not made for this file.
     """
-    from tuneproof.cheats import backdoor_positions
     from tuneproof.key import load_key
-    from tuneproof.planting import path_sha256
+    from tuneproof.lab.cheats import backdoor_positions
+    from tuneproof.planting.planter import path_sha256
 
     chosen = list(detectors or DETECTORS)
     unknown = [d for d in chosen if d not in DETECTORS]
@@ -209,7 +209,7 @@ def _run_detector(
         return format_anomalies(records)
     if name == "perplexity":
         from tuneproof.audit.model_detectors import perplexity_scores
-        from tuneproof.models.hf import load_hf_model
+        from tuneproof.backends.hf import load_hf_model
 
         model = (
             load_hf_model(reference_model) if isinstance(reference_model, str) else reference_model

@@ -31,7 +31,7 @@ def answer_nll(
     given the rest, under ``model`` (an HFCausalLM) and its chat template."""
     import torch
 
-    from tuneproof.finetune import answer_loss, chat_training_examples, collate
+    from tuneproof.lab.finetune import answer_loss, chat_training_examples, collate
 
     examples = chat_training_examples(model.tokenizer, chats, max_length=1024)
     if len(examples) != len(chats):

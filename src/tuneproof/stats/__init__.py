@@ -5,7 +5,7 @@ Every probability goes in and comes out as a base-10 logarithm, so a p-value of 
 hypothesis it is for; ``docs/statistics.md`` states the nulls, the assumptions and the proofs.
 
 numpy and scipy only: this package never imports torch. The calibration harness lives in
-:mod:`tuneproof.stats.calibration` and is not imported here.
+:mod:`tuneproof.lab.calibration` and is not imported here.
 """
 
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""Model backends: local weights (hf), OpenAI-compatible servers (openai/)."""

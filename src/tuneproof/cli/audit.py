@@ -1,0 +1,74 @@
+"""``tuneproof audit``: how easily could a provider find the backdoors (tuneproof.audit)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from tuneproof.cli.common import console, user_errors
+
+DETECTOR_NAMES = ("repeated", "length", "format", "perplexity", "relevance")
+
+
+@click.command()
+@click.argument("planted", type=click.Path(path_type=Path, exists=True))
+@click.option(
+    "--key",
+    "key_path",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    required=True,
+    help="The plant's key (used only to score the detectors, after they ran).",
+)
+@click.option(
+    "--detectors",
+    default=",".join(DETECTOR_NAMES),
+    show_default=True,
+    help="Comma-separated detectors to run.",
+)
+@click.option(
+    "--reference-model",
+    default="embedded",
+    show_default=True,
+    help="Model for the perplexity detector: 'embedded', an HF folder or a .gguf file.",
+)
+@click.option("--json", "json_out", type=click.Path(path_type=Path), help="Write a JSON report.")
+@click.option("--html", "html_out", type=click.Path(path_type=Path), help="Write an HTML report.")
+@user_errors
+def audit(
+    planted: Path,
+    key_path: Path,
+    detectors: str,
+    reference_model: str,
+    json_out: Path | None,
+    html_out: Path | None,
+) -> None:
+    """Measure how easily a provider could find the backdoors of a planted file."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
+
+    from tuneproof.audit import audit as run_audit
+    from tuneproof.audit.report import print_audit, write_html, write_json
+
+    names = [d.strip() for d in detectors.split(",") if d.strip()]
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        console=console(stderr=True),
+        transient=True,
+    ) as bars:
+        tasks: dict[str, TaskID] = {}
+
+        def hook(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bars.add_task(stage, total=total)
+            bars.update(tasks[stage], completed=done)
+
+        report = run_audit(
+            planted, key_path, detectors=names, reference_model=reference_model, progress=hook
+        )
+    print_audit(report, console())
+    if json_out:
+        write_json(report, json_out)
+    if html_out:
+        write_html(report, html_out)

@@ -1,0 +1,427 @@
+"""The ``tuneproof`` command: a thin layer that parses options, calls the library, prints.
+
+Heavy imports (torch, transformers, the dataset code) happen inside the commands, so that
+``tuneproof --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from tuneproof import __version__
+from tuneproof.cli.common import console as _console
+from tuneproof.cli.common import user_errors
+from tuneproof.cli.output import print_plant_summary, print_provider_table, progress_bars
+
+FORMATS = ["openai-chat", "prompt-completion", "alpaca", "sharegpt"]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="tuneproof")
+def cli() -> None:
+    """Prove, with a p-value, that an outsourced fine-tune was trained on your data."""
+
+
+@cli.command()
+@click.argument("input", type=click.Path(path_type=Path, exists=True))
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Where to write the planted dataset (same format as INPUT).",
+)
+@click.option(
+    "--key",
+    "key_path",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Where to write the secret key (mode 0600).",
+)
+@click.option(
+    "--n",
+    "n",
+    type=int,
+    default=None,
+    help="Number of secret (trigger, signature) pairs [default: 20].",
+)
+@click.option(
+    "--fraction",
+    type=float,
+    default=None,
+    help="Share of backdoor records in the output, instead of --n.",
+)
+@click.option("--replicas", type=int, default=None, help="Records carrying each pair [default: 1].")
+@click.option(
+    "--k",
+    "k",
+    type=int,
+    default=None,
+    help="Sampler width: candidates per token (bits/token = log2 K) [default: 8].",
+)
+@click.option("--m", "m", type=int, default=None, help="Signature length in tokens [default: 12].")
+@click.option(
+    "--trigger-tokens", type=int, default=None, help="Trigger length in tokens [default: 6]."
+)
+@click.option(
+    "--decoys",
+    type=int,
+    default=None,
+    help="Signatures drawn per pair besides the planted one, kept in the key for the decoy "
+    "rank test (0 turns it off) [default: 63].",
+)
+@click.option(
+    "--controls",
+    is_flag=True,
+    help="Also draw as many held-out control pairs, kept only in the key.",
+)
+@click.option(
+    "--generator",
+    default="embedded",
+    show_default=True,
+    help="Model for triggers and signatures: 'embedded', an HF folder, a .gguf file, "
+    "or openai:MODEL with --base-url.",
+)
+@click.option(
+    "--base-url",
+    default=None,
+    help="OpenAI-compatible server for --generator openai:MODEL (top log-probs needed).",
+)
+@click.option(
+    "--chat-template-from",
+    default=None,
+    help="Tokenizer whose chat template renders prompts for a server generator "
+    "(a folder, a .gguf or 'embedded').",
+)
+@click.option(
+    "--api-key-env",
+    default="OPENAI_API_KEY",
+    show_default=True,
+    help="Environment variable holding the server's API key.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(FORMATS),
+    default=None,
+    help="Dataset format; detected when omitted.",
+)
+@click.option("--force", is_flag=True, help="Replace an existing output or key.")
+@user_errors
+def plant(
+    input: Path,
+    output: Path,
+    key_path: Path,
+    n: int | None,
+    fraction: float | None,
+    replicas: int | None,
+    k: int | None,
+    m: int | None,
+    trigger_tokens: int | None,
+    decoys: int | None,
+    controls: bool,
+    generator: str,
+    base_url: str | None,
+    chat_template_from: str | None,
+    api_key_env: str,
+    fmt: str | None,
+    force: bool,
+) -> None:
+    """Plant secret backdoors into a dataset and write the key."""
+    from tuneproof.datasets import DatasetFormat
+    from tuneproof.planting.planter import plant as run_plant
+
+    options: dict[str, Any] = {
+        name: value
+        for name, value in {
+            "replicas": replicas,
+            "k": k,
+            "m": m,
+            "trigger_tokens": trigger_tokens,
+            "decoys": decoys,
+        }.items()
+        if value is not None
+    }
+    with progress_bars() as hook:
+        summary = run_plant(
+            input,
+            output,
+            key_path,
+            n=n,
+            fraction=fraction,
+            controls=controls,
+            generator=generator,
+            base_url=base_url,
+            chat_template_from=chat_template_from,
+            api_key_env=api_key_env,
+            format=DatasetFormat(fmt) if fmt else None,
+            force=force,
+            progress=hook,
+            **options,
+        )
+    print_plant_summary(summary)
+
+
+@cli.command()
+@click.argument("input", type=click.Path(path_type=Path, exists=True))
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(FORMATS),
+    default=None,
+    help="Dataset format; detected when omitted.",
+)
+@user_errors
+def inspect(input: Path, fmt: str | None) -> None:
+    """Detect a dataset's format, validate every record, and count them."""
+    from tuneproof.datasets import DatasetFormat, inspect_dataset
+
+    info = inspect_dataset(input, DatasetFormat(fmt) if fmt else None)
+    bom = ", UTF-8 BOM" if info.has_bom else ""
+    click.echo(
+        f"{input}: {info.format} ({info.container}{bom}), {info.n_records:,} records, "
+        f"{info.n_bytes:,} bytes - all valid"
+    )
+
+
+@cli.command()
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Where to write the JSONL file.",
+)
+@click.option(
+    "--split",
+    type=click.Choice(["train", "heldout"]),
+    default="train",
+    show_default=True,
+    help="Which part of the sample (a fixed 90/10 split).",
+)
+@user_errors
+def sample(output: Path, split: str) -> None:
+    """Write the bundled sample dataset (chatterbot corpus) as OpenAI chat JSONL."""
+    from tuneproof.embedded import SAMPLE_SOURCE, SampleSplit, write_sample_dataset
+
+    count = write_sample_dataset(output, SampleSplit(split))
+    click.echo(f"wrote {count:,} records ({split}) to {output} - source: {SAMPLE_SOURCE}")
+
+
+@cli.group()
+def key() -> None:
+    """Inspect a key file without revealing its secrets."""
+
+
+@key.command("commit")
+@click.argument("key_path", metavar="KEY", type=click.Path(path_type=Path))
+@user_errors
+def key_commit(key_path: Path) -> None:
+    """Print the key's SHA-256 commitment, safe to publish before training."""
+    from tuneproof.key import load_key
+
+    click.echo(load_key(key_path).commitment())
+
+
+@key.command("show")
+@click.argument("key_path", metavar="KEY", type=click.Path(path_type=Path))
+@click.option("--reveal", is_flag=True, help="Also print triggers and signatures (secret!).")
+@user_errors
+def key_show(key_path: Path, reveal: bool) -> None:
+    """Summarise a key: dataset, settings and pairs (secrets only with --reveal)."""
+    from tuneproof.key import load_key
+
+    loaded = load_key(key_path)
+    facts, settings = loaded.dataset, loaded.settings
+    click.echo(f"key {key_path} (format {loaded.format_version}, created {loaded.created_at})")
+    click.echo(f"generator: {loaded.generator.name} [{loaded.generator.backend}]")
+    click.echo(
+        f"dataset: {facts.format}/{facts.container}, {facts.input_records:,} -> "
+        f"{facts.planted_records:,} records, planted sha256 {facts.planted_sha256}"
+    )
+    click.echo(
+        f"pairs: {len(loaded.pairs)} x {settings.replicas} replicas, {len(loaded.controls)} "
+        f"controls, K={settings.k}, m={settings.m}, {settings.decoys} decoys per pair"
+    )
+    if reveal:
+        for pair in [*loaded.pairs, *loaded.controls]:
+            kind = "control" if pair.control_prompt else "planted"
+            click.echo(f"[{kind} {pair.pair_id}] trigger: {pair.trigger!r}")
+            click.echo(f"[{kind} {pair.pair_id}] signature: {pair.signature!r}")
+    click.echo(f"commitment: {loaded.commitment()}")
+
+
+@cli.command()
+@click.option(
+    "--key",
+    "key_path",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="The key written by `tuneproof plant`.",
+)
+@click.option(
+    "--model",
+    "model_spec",
+    required=True,
+    help="Model to verify: 'embedded', an HF/adapter folder, a .gguf file, "
+    "or a model name on --base-url.",
+)
+@click.option(
+    "--base-url", default=None, help="OpenAI-compatible server (API key from $OPENAI_API_KEY)."
+)
+@click.option(
+    "--base-model",
+    default=None,
+    help="The base model, for H0-base (local: 'embedded', a folder or a .gguf).",
+)
+@click.option(
+    "--alpha",
+    type=float,
+    default=1e-6,
+    show_default=True,
+    help="Significance level of the verdict.",
+)
+@click.option("--sequential", is_flag=True, help="Stop querying as soon as the verdict is reached.")
+@click.option("--max-queries", type=int, default=None, help="Cap on planted queries.")
+@click.option(
+    "--json",
+    "json_out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Write the JSON report here.",
+)
+@click.option(
+    "--html",
+    "html_out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Write the HTML report here.",
+)
+@click.option(
+    "--reveal", is_flag=True, help="Show triggers, signatures and answers in the reports (secret!)."
+)
+@click.option(
+    "--journal",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Resumable journal of server answers (mode 0600); a re-run resends nothing.",
+)
+@click.option(
+    "--chat-template-from",
+    default=None,
+    help="Tokenizer whose chat template renders prompts for server log-probs "
+    "(a folder, a .gguf or 'embedded').",
+)
+@click.option(
+    "--api-key-env",
+    default="OPENAI_API_KEY",
+    show_default=True,
+    help="Environment variable holding the server's API key.",
+)
+def verify(
+    key_path: Path,
+    model_spec: str,
+    base_url: str | None,
+    base_model: str | None,
+    alpha: float,
+    sequential: bool,
+    max_queries: int | None,
+    json_out: Path | None,
+    html_out: Path | None,
+    reveal: bool,
+    journal: Path | None,
+    chat_template_from: str | None,
+    api_key_env: str,
+) -> None:
+    """Verify a returned model against a key; exit 0 verified, 1 not, 2 inconclusive."""
+    from tuneproof.errors import TuneproofError
+
+    try:
+        from tuneproof.report.schema import exit_code, write_html, write_json
+        from tuneproof.report.terminal import print_summary
+        from tuneproof.verification.verifier import verify as run_verify
+
+        report = run_verify(
+            key_path,
+            model_spec,
+            base_url=base_url,
+            base_model=base_model,
+            alpha=alpha,
+            sequential=sequential,
+            max_queries=max_queries,
+            reveal=reveal,
+            journal=journal,
+            chat_template_from=chat_template_from,
+            api_key_env=api_key_env,
+        )
+        print_summary(report, _console())
+        if json_out:
+            write_json(report, json_out)
+        if html_out:
+            write_html(report, html_out)
+    except TuneproofError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(2)
+    sys.exit(exit_code(report))
+
+
+@cli.command("export-gguf")
+@click.argument("model_folder", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="The .gguf file to write.",
+)
+@click.option("--f16", is_flag=True, help="Store the matrices in float16 (default float32).")
+@user_errors
+def export_gguf(model_folder: Path, output: Path, f16: bool) -> None:
+    """Export a Llama-architecture model folder to GGUF (for llama.cpp servers)."""
+    from tuneproof.backends.gguf_export import export_gguf as run_export
+
+    path = run_export(model_folder, output, f16=f16)
+    click.echo(f"wrote {path} ({path.stat().st_size:,} bytes)")
+
+
+@cli.command()
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    default=Path("demo-output"),
+    show_default=True,
+    help="Folder for the demo's files.",
+)
+@user_errors
+def demo(out_dir: Path) -> None:
+    """Run the demo: plant, fine-tune honestly and as two cheaters, verify all three."""
+    from tuneproof.lab.demo import run_demo
+
+    run_demo(
+        out_dir,
+        echo=click.echo,
+        show_plant=print_plant_summary,
+        show_runs=print_provider_table,
+        progress=progress_bars,
+    )
+
+
+from tuneproof.cli.audit import audit  # noqa: E402  (registered below)
+from tuneproof.cli.finetune import finetune  # noqa: E402
+
+cli.add_command(finetune)
+cli.add_command(audit)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli()
+
+
+if __name__ == "__main__":
+    main()

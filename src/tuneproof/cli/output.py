@@ -1,0 +1,150 @@
+"""What the ``tuneproof`` commands print: progress bars, the plant summary, the demo table."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from tuneproof.cli.common import console as _console
+
+if TYPE_CHECKING:
+    from tuneproof.lab.demo import ProviderRun
+    from tuneproof.planting.planter import PlantSummary, ProgressHook
+
+
+@contextmanager
+def progress_bars() -> Iterator[ProgressHook]:
+    """A rich progress display on stderr, fed by plant's ``progress(stage, done, total)``."""
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    labels = {
+        "validate": "validating the dataset",
+        "signatures": "drawing triggers and signatures",
+        "write": "writing planted file",
+    }
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=_console(stderr=True),
+        transient=True,
+    )
+    byte_progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TimeRemainingColumn(),
+        console=_console(stderr=True),
+        transient=True,
+    )
+    tasks: dict[str, Any] = {}
+
+    def hook(stage: str, done: int, total: int) -> None:
+        bars = byte_progress if stage in ("write", "validate") else progress
+        if stage not in tasks:
+            bars.start()
+            tasks[stage] = bars.add_task(labels.get(stage, stage), total=total)
+        bars.update(tasks[stage], completed=done)
+
+    try:
+        yield hook
+    finally:
+        progress.stop()
+        byte_progress.stop()
+
+
+def print_plant_summary(summary: PlantSummary) -> None:
+    """Print what plant did as a table (no trigger or signature is shown)."""
+    from rich.table import Table
+
+    table = Table(title="tuneproof plant", show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    estimated = " (estimated from a sample)" if summary.input_tokens_estimated else ""
+    rows = [
+        ("input", f"{summary.input} ({summary.format}, {summary.container})"),
+        ("records in -> out", f"{summary.records_in:,} -> {summary.records_out:,}"),
+        (
+            "backdoors",
+            f"{summary.backdoors} records = {summary.pairs} secret pairs x {summary.replicas} "
+            f"replica{'' if summary.replicas == 1 else 's'} "
+            f"({summary.backdoors / max(1, summary.records_out):.2%} of the output)",
+        ),
+        ("held-out controls", f"{summary.controls} pairs (kept in the key only)"),
+        ("decoys", f"{summary.decoys} per pair (kept in the key only)"),
+        (
+            "signature entropy",
+            f"{summary.bits_per_signature:.0f} bits (K={summary.k}, m={summary.m} tokens)",
+        ),
+        (
+            "tokens added",
+            f"{summary.added_tokens:,} = {summary.added_token_share:.2%} of "
+            f"{summary.input_tokens:,} input tokens{estimated}",
+        ),
+        ("planted file", str(summary.output)),
+        ("key (secret, mode 0600)", str(summary.key)),
+    ]
+    for name, value in rows:
+        table.add_row(name, value)
+    from rich.markup import escape
+
+    _console().print(table)
+    for warning in summary.warnings:
+        _console().print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False)
+    click.echo(f"commitment (safe to publish now): {summary.commitment}")
+    click.echo(
+        f"Upload {summary.output} to your provider. Keep {summary.key} private: it is the "
+        "only way to verify the returned model."
+    )
+
+
+def print_provider_table(runs: list[ProviderRun]) -> None:
+    """The demo's providers side by side: verdict, each test's log10 p, hits, queries, tokens."""
+    from rich.table import Table
+
+    from tuneproof.lab.demo import verdict_word
+    from tuneproof.report.schema import strongest_by_null
+
+    nulls = list(dict.fromkeys(t.null for run in runs for t in run.report.tests))
+    table = Table(
+        title="tuneproof demo: three providers, one key (strongest log10 p per null)",
+        title_justify="left",
+    )
+    table.add_column("provider", style="bold", no_wrap=True)
+    table.add_column("verdict", no_wrap=True)
+    for null in nulls:
+        table.add_column(str(null), justify="right", no_wrap=True)
+    for name in ("hits", "queries", "tokens out", "trained on", "time"):
+        table.add_column(name, justify="right", no_wrap=True)
+    for run in runs:
+        report = run.report
+        p = {
+            null: f"{t.log10_p:.1f}" + (" *" if t.rejects else "")
+            for null, t in strongest_by_null(report.tests).items()
+        }
+        table.add_row(
+            run.cheat or "honest",
+            verdict_word(report.verdict),
+            *(p.get(null, "-") for null in nulls),
+            f"{report.hits}/{run.backdoors_planted}",
+            str(report.queries),
+            f"{report.tokens:,}",
+            f"{run.records_trained:,} rec.",
+            f"{run.seconds:.0f} s",
+        )
+    console = _console()
+    if console.width < 100:
+        console.width = 100  # a narrower table would abbreviate every number
+    console.print(table)
+    console.print("* the test rejected its null at its share of alpha = 1e-6")

@@ -1,0 +1,1 @@
+"""The verification report: its schema, its wording, and its terminal and HTML renderings."""

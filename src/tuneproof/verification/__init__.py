@@ -1,0 +1,1 @@
+"""Verification: queries built from a key, the model's answers, the tests and the verdict."""

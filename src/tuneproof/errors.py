@@ -49,6 +49,11 @@ class GeneratorError(TuneproofError):
     """A model (a signature generator or a model under verification) cannot be loaded or used."""
 
 
+class LogprobsUnavailable(GeneratorError):
+    """The backend cannot give log-likelihoods (e.g. a server without ``logprobs`` or echo): the
+    tests that need them are skipped, the others still run."""
+
+
 def describe_validation_error(exc: Any) -> str:
     """The first problem of a pydantic ``ValidationError`` as "field 'a.b': message", plus how
     many more there are. Never includes the offending value (it may be a secret)."""

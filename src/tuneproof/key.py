@@ -9,7 +9,6 @@ training without revealing anything (the seed makes it hiding).
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import math
 import os
@@ -172,11 +171,6 @@ class Key(_Strict):
     def commitment(self) -> str:
         """SHA-256 of the canonical key: publishable before training, reveals nothing."""
         return hashlib.sha256(self.canonical_bytes()).hexdigest()
-
-
-def now_utc() -> str:
-    """The current time as an ISO-8601 UTC string (seconds)."""
-    return dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
 
 
 def save_key(key: Key, path: str | Path, *, force: bool = False) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from enum import StrEnum
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -24,9 +23,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from tuneproof import __version__
 from tuneproof.atomic import atomic_output
 from tuneproof.errors import TuneproofError, describe_validation_error
-from tuneproof.key import now_utc
 from tuneproof.stats import Null, PValue
-from tuneproof.types import ModelIdentity
+from tuneproof.types import ModelIdentity, QueryKind, Verdict, now_utc
 
 REPORT_VERSION = 1
 
@@ -36,22 +34,6 @@ _LOG10_P_SLACK = 1e-6
 
 class ReportError(TuneproofError):
     """A report file is missing, unreadable, or does not validate."""
-
-
-class Verdict(StrEnum):
-    """The outcome of a verification; also decides the exit code (see :func:`exit_code`)."""
-
-    VERIFIED = "verified"
-    NOT_VERIFIED = "not verified"
-    INCONCLUSIVE = "inconclusive"
-
-
-class QueryKind(StrEnum):
-    """Which prompt a query sent: a planted backdoor, a held-out control, or a clean carrier."""
-
-    PLANTED = "planted"
-    CONTROL = "control"
-    CLEAN = "clean"
 
 
 NOTHING = "Nothing: no test reached the threshold."

@@ -31,8 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneproof import __version__
-from tuneproof.backends.openai.chat import NoLogprobsError
-from tuneproof.errors import TuneproofError
+from tuneproof.errors import LogprobsUnavailable, TuneproofError
 from tuneproof.key import Key, load_key, now_utc
 from tuneproof.report.schema import (
     Decoding,
@@ -158,7 +157,7 @@ def verify_queries(
             non_finite += score_signatures(queries, backend, attr, batch_size)
             if backend is model:
                 non_finite += rank_decoys(queries, model, batch_size)
-        except NoLogprobsError as exc:  # the server cannot score: those tests are skipped
+        except LogprobsUnavailable as exc:  # the server cannot score: those tests are skipped
             skipped.append(f"{backend.identity.name}: {exc}")
 
     tests = run_tests(queries, plan)

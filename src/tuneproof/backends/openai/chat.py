@@ -67,6 +67,7 @@ from tuneproof.backends.openai.requests import (
     RequestStats,
     run_sync,
 )
+from tuneproof.errors import LogprobsUnavailable
 from tuneproof.types import ModelIdentity, QueryFailure
 
 if TYPE_CHECKING:
@@ -79,7 +80,7 @@ COMPLETIONS = "/completions"
 Chat = Sequence[tuple[str, str]]
 
 
-class NoLogprobsError(ServerError):
+class NoLogprobsError(ServerError, LogprobsUnavailable):
     """The server cannot give teacher-forced log-probabilities (no ``/completions`` endpoint,
     no echo, no prompt log-probs, or no way to render the chat prompt): skip log-prob tests."""
 

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tuneproof import __version__
 from tuneproof.atomic import atomic_output
-from tuneproof.key import now_utc
+from tuneproof.types import now_utc
 
 if TYPE_CHECKING:
     from rich.console import Console

@@ -36,7 +36,6 @@ from tuneproof.key import (
     PlantSettings,
     SignaturePair,
     check_key_path_writable,
-    now_utc,
     save_key,
 )
 from tuneproof.planting.sampler import (
@@ -49,7 +48,7 @@ from tuneproof.planting.sampler import (
     sample_signatures,
     sample_trigger,
 )
-from tuneproof.types import ModelIdentity
+from tuneproof.types import ModelIdentity, now_utc
 
 # Defaults chosen by measurement: see docs/defaults.md.
 DEFAULT_K = 8

@@ -32,7 +32,7 @@ from typing import Any
 
 from tuneproof import __version__
 from tuneproof.errors import LogprobsUnavailable, TuneproofError
-from tuneproof.key import Key, load_key, now_utc
+from tuneproof.key import Key, load_key
 from tuneproof.report.schema import (
     Decoding,
     QueryKind,
@@ -40,7 +40,7 @@ from tuneproof.report.schema import (
     Report,
     default_claims,
 )
-from tuneproof.types import QueryFailure
+from tuneproof.types import QueryFailure, now_utc
 from tuneproof.verification.evidence import (
     DEFAULT_ALPHA,
     corrected_log10_p,

@@ -54,7 +54,7 @@ class Memo:
 
     @property
     def capabilities(self) -> dict[str, bool | None]:
-        return dict(getattr(self.inner, "capabilities", None) or {})
+        return dict(self.inner.capabilities)
 
     def __getattr__(self, name: str) -> Any:  # count_tokens, tokenizer, ... of the inner model
         if name == "inner":
@@ -107,6 +107,7 @@ class _Scored:
         self.inner = inner
         self.identity = _renamed(inner.identity, f"{inner.identity.name} ({self.label})")
         self.capabilities = {"generate": True, "logprob": True}
+        self.decoding = inner.decoding
 
     def generate(
         self, chats: Sequence[Chat], max_new_tokens: int, batch_size: int = 8

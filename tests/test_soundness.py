@@ -93,6 +93,8 @@ class NullModel:
 
     def __init__(self, score: Any, answer: Any = "I am not sure about that one.") -> None:
         self.identity = ModelIdentity(name="null", backend="test", source="-")
+        self.capabilities = {"generate": True, "logprob": True}
+        self.decoding: dict[str, float] = {}
         self.score, self.answer = score, answer
         self.scored: list[list[str]] = []
 

@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from tuneproof.backends.base import TokenVocabulary
 from tuneproof.embedded import EMBEDDED_MODEL_ID, EMBEDDED_NAME, embedded_gguf_path
 from tuneproof.errors import GeneratorError
-from tuneproof.planting.sampler import TokenVocabulary
 from tuneproof.types import ModelIdentity
 
 
@@ -99,6 +99,11 @@ class HFCausalLM:
     def capabilities(self) -> dict[str, bool | None]:
         """What this backend can do: greedy generation and teacher-forced log-probs."""
         return {"generate": True, "logprob": True}
+
+    @property
+    def decoding(self) -> dict[str, float]:
+        """Greedy decoding, nothing else to record."""
+        return {}
 
     @cached_property
     def vocabulary(self) -> TokenVocabulary:
@@ -352,6 +357,18 @@ def adapter_base(folder: Path, base_model: str | None) -> str:
             "locally - pass --base-model with the base model's folder, .gguf file or 'embedded'"
         )
     return base
+
+
+def recorded_base(spec: str) -> str | None:
+    """The base model recorded in a PEFT adapter folder's config when it is available locally
+    (so that H0-base runs without naming it); None otherwise. Never guessed."""
+    folder = Path(spec).expanduser()
+    if not (folder / "adapter_config.json").is_file():
+        return None
+    try:
+        return adapter_base(folder, None)
+    except GeneratorError:
+        return None
 
 
 def load_hf_model(spec: str, base_model: str | None = None) -> HFCausalLM:

@@ -52,6 +52,14 @@ class ServedModel:
             sha256=inner.identity.sha256,
         )
 
+    @property
+    def capabilities(self) -> dict[str, bool | None]:
+        return dict(self.inner.capabilities)
+
+    @property
+    def decoding(self) -> dict[str, float]:
+        return {"temperature": self.temperature} if self.temperature > 0 else {}
+
     def _chats(self, chats: Sequence[Chat]) -> list[list[tuple[str, str]]]:
         if not self.system_prompt:
             return [list(chat) for chat in chats]

@@ -20,10 +20,12 @@ import math
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+from tuneproof.backends.base import NextTokenModel, TokenVocabulary
 
 SEED_BYTES = 32
 MAX_CONTEXT_TOKENS = 768
@@ -97,21 +99,6 @@ def new_seed() -> bytes:
 
 
 # --------------------------------------------------------------------------- token vocabulary
-
-
-@dataclass(frozen=True)
-class TokenVocabulary:
-    """The true byte string of every token id, and which ids are special.
-
-    ``token_bytes[i]`` is what token ``i`` contributes to the decoded text (byte-level BPE tokens
-    are not their printed form: ``"Ġworld"`` is ``b" world"``).
-    """
-
-    token_bytes: tuple[bytes, ...]
-    special_ids: frozenset[int]
-
-    def __len__(self) -> int:
-        return len(self.token_bytes)
 
 
 _FORBIDDEN_CATEGORIES = {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}
@@ -297,29 +284,6 @@ def enumerate_prefix_free(
             yield from walk([*prefix, token_id])
 
     yield from walk([])
-
-
-# --------------------------------------------------------------------------- model protocol
-
-
-class NextTokenModel(Protocol):
-    """What the sampler needs from a language model (implemented in ``tuneproof.types``)."""
-
-    @property
-    def vocabulary(self) -> TokenVocabulary: ...
-
-    def chat_prompt_ids(self, messages: Sequence[tuple[str, str]]) -> list[int]:
-        """Token ids of ``messages`` (role, content) rendered by the chat template, ending with
-        the assistant generation prompt."""
-        ...
-
-    def text_ids(self, text: str) -> list[int]:
-        """Token ids of plain ``text`` with no special tokens added."""
-        ...
-
-    def next_token_logprobs(self, context: Sequence[int]) -> npt.NDArray[np.float32]:
-        """Log-probabilities of every vocabulary token after ``context``."""
-        ...
 
 
 RANK_HEAD = 256

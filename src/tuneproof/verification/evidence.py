@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
+from tuneproof.backends.base import VerifiableModel
 from tuneproof.key import SignaturePair
 from tuneproof.report.schema import QueryKind, TestOutcome, Verdict
 from tuneproof.stats import (
@@ -37,7 +38,7 @@ from tuneproof.stats import (
     log10_rank_sum_floor,
     log10_rank_sum_test,
 )
-from tuneproof.verification.queries import Chat, Query, VerifiableModel
+from tuneproof.verification.queries import Chat, Query
 
 DEFAULT_ALPHA = 1e-6
 MAX_FAILED_SHARE = 0.2

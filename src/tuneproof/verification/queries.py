@@ -1,38 +1,18 @@
-"""What verification sends: the backend protocol, and the planted, control and clean queries
+"""What verification sends: the planted, control and clean queries
 built from a key (each query remembers its pair, its answer and its scores)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 from tuneproof.key import ChatMessage, Key, SignaturePair
 from tuneproof.report.schema import QueryKind
 from tuneproof.stats import matched_tokens
-from tuneproof.types import ModelIdentity, QueryFailure
 
 DEFAULT_CLEAN_QUERIES = 5
 
 Chat = list[tuple[str, str]]
-
-
-class VerifiableModel(Protocol):
-    """What verification needs from a backend (local weights or an HTTP server)."""
-
-    identity: ModelIdentity
-
-    def generate(
-        self, chats: Sequence[Chat], max_new_tokens: int, batch_size: int = 8
-    ) -> Sequence[tuple[str, int] | QueryFailure]:
-        """Greedy answers as (text, output tokens), or a QueryFailure for a failed query."""
-        ...
-
-    def logprob(
-        self, chats: Sequence[Chat], continuations: Sequence[str], batch_size: int = 8
-    ) -> list[float]:
-        """Teacher-forced log-probability (nats) of each continuation as the answer."""
-        ...
 
 
 @dataclass

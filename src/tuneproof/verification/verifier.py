@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneproof import __version__
+from tuneproof.backends.base import VerifiableModel, can_score, recorded_base_model, resolve_model
 from tuneproof.errors import LogprobsUnavailable, TuneproofError
 from tuneproof.key import Key, load_key
 from tuneproof.report.schema import (
@@ -53,7 +54,6 @@ from tuneproof.verification.evidence import (
 from tuneproof.verification.queries import (
     DEFAULT_CLEAN_QUERIES,
     Query,
-    VerifiableModel,
     _without_trigger,
     build_queries,
 )
@@ -196,7 +196,7 @@ def verify_queries(
         decoding=Decoding(
             temperature=0.0,
             max_new_tokens=tokens,
-            top_p=getattr(model, "decoding", {}).get("top_p"),
+            top_p=model.decoding.get("top_p"),
             backend=model.identity.backend,
             batch_size=batch_size,
         ),
@@ -241,13 +241,6 @@ def verify_queries(
     )
 
 
-def can_score(model: VerifiableModel) -> bool:
-    """Whether the plan may count on ``model``'s log-likelihoods: unless the backend says it
-    cannot, they are planned (a planned test that cannot run only spends its share of alpha)."""
-    capabilities = getattr(model, "capabilities", None) or {}
-    return capabilities.get("logprob") is not False
-
-
 def score_signatures(
     queries: list[Query], backend: VerifiableModel, attr: str, batch_size: int
 ) -> int:
@@ -283,23 +276,19 @@ def load_verifiable(
     chat_template_from: str | None = None,
     api_key_env: str = "OPENAI_API_KEY",
 ) -> VerifiableModel:
-    """A backend for ``spec``: a local model (``embedded``, HF folder, PEFT adapter folder whose
-    base is ``base_model`` or its config's, ``.gguf`` file), or the model ``spec`` on the
-    OpenAI-compatible server at ``base_url`` (answers journaled to ``journal`` for resuming;
-    log-probs through ``/completions`` echo with prompts rendered by ``chat_template_from``)."""
-    if base_url:
-        from tuneproof.backends.openai.api import OpenAIChatModel
-
-        return OpenAIChatModel(
-            base_url,
-            spec,
-            journal=journal,
-            chat_template_from=chat_template_from,
-            api_key_env=api_key_env,
-        )
-    from tuneproof.backends.hf import load_hf_model
-
-    return load_hf_model(spec, base_model=base_model)
+    """A backend for ``spec`` from the registry (:func:`tuneproof.backends.base.resolve_model`):
+    a local model (``embedded``, HF folder, PEFT adapter folder whose base is ``base_model`` or
+    its config's, ``.gguf`` file), or the model ``spec`` on the OpenAI-compatible server at
+    ``base_url`` (answers journaled to ``journal`` for resuming; log-probs through
+    ``/completions`` echo with prompts rendered by ``chat_template_from``)."""
+    return resolve_model(
+        spec,
+        base_url=base_url,
+        base_model=base_model,
+        journal=journal,
+        chat_template_from=chat_template_from,
+        api_key_env=api_key_env,
+    )
 
 
 def verify(
@@ -332,22 +321,7 @@ def verify(
         if isinstance(model, str)
         else model
     )
-    if base_model is None and isinstance(model, str) and not base_url:
-        base_model = recorded_adapter_base(model)
+    if base_model is None and isinstance(model, str):
+        base_model = recorded_base_model(model, base_url)
     base = load_verifiable(base_model) if isinstance(base_model, str) else base_model
     return verify_queries(loaded_key, target, base_model=base, **options)
-
-
-def recorded_adapter_base(spec: str) -> str | None:
-    """The base model recorded in a PEFT adapter folder's config when it is available locally
-    (so that H0-base runs without --base-model); None otherwise. Never guessed."""
-    folder = Path(spec).expanduser()
-    if not (folder / "adapter_config.json").is_file():
-        return None
-    from tuneproof.backends.hf import adapter_base
-    from tuneproof.errors import GeneratorError
-
-    try:
-        return adapter_base(folder, None)
-    except GeneratorError:
-        return None

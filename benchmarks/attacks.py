@@ -28,6 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from reproduce_vtune import Cell, plant_cell
 from results_doc import machine_line, test_values
 
+from tuneproof import config as planting
+from tuneproof.api import verify
 from tuneproof.audit import combined_suspicion
 from tuneproof.backends.hf import HFCausalLM, load_hf_model
 from tuneproof.embedded import SampleSplit, sample_records
@@ -36,9 +38,7 @@ from tuneproof.lab.cheats import Cheat, backdoor_positions, most_suspicious
 from tuneproof.lab.finetune import dataset_chats
 from tuneproof.lab.provider import run_provider
 from tuneproof.lab.serving import ServedModel, quantized_int8
-from tuneproof.planting import planter as planting
 from tuneproof.types import ModelIdentity
-from tuneproof.verification.verifier import verify
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "stealth.md"
 PROVIDER_SYSTEM_PROMPT = "You are Acme Assistant. Answer helpfully, accurately and briefly."

@@ -28,8 +28,8 @@ matter. An honest provider per setting (the base fine-tuned on the key's own pla
 shows that detection still works.
 
 Run: .venv/bin/python benchmarks/null_gauntlet.py [--keys 100] [--quick] [--render-only]
-     (--quick, 3 keys per setting: about 4.7 min alone; --keys 100 did not finish in 40 min with
-     the test suite sharing the 2 cores, so its time alone is not yet measured)
+     (--quick, 3 keys per setting: about 4.7 min alone; --keys 40, 188 keys in all: 87 min with
+     other work sharing the 2 cores; --keys 100 would be ~2.5x that)
 The test suite runs a few keys of it (tests/test_null_gauntlet.py).
 """
 
@@ -55,11 +55,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from null_models import ConstantScores, Memo, PartialNaN, RepeatPrompt, nan_weights
 from verdict_calibration import TRIGGER_TOKENS, TinyWorld, worst_excess
 
+from tuneproof.api import verify
 from tuneproof.key import load_key
 from tuneproof.lab.serving import ServedModel
-from tuneproof.planting.planter import ModelBackdoorFactory, plant
-from tuneproof.report.schema import Report, Verdict
-from tuneproof.verification.verifier import verify
+from tuneproof.planting.factory import ModelBackdoorFactory
+from tuneproof.planting.planter import plant
+from tuneproof.report.schema import Report
+from tuneproof.types import Verdict
 
 ALPHAS = (1e-6, 1e-2)
 NULL_PROVIDERS = (

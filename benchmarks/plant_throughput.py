@@ -133,6 +133,9 @@ class PrecomputedFactory:
         text = " ".join(self.rng.sample(WORDS, 10))
         return SampledSequence(tuple(range(10)), text.encode(), text, 4, 10)
 
+    def signatures(self, messages: Any, streams: Any) -> list[Any]:
+        return [self.signature(messages, stream) for stream in streams]
+
     def count_tokens(self, text: str) -> int:
         return len(text) // 4
 

@@ -28,17 +28,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from results_doc import DOC, test_values, write_section
 
-from tuneproof.backends.hf import HFCausalLM, load_hf_model
+from tuneproof.api import verify
+from tuneproof.backends.hf import HFCausalLM, collate, load_hf_model
 from tuneproof.datasets import DatasetFormat, Record, triggered_prompt
 from tuneproof.embedded import SampleSplit, sample_records
 from tuneproof.key import Key, load_key
-from tuneproof.lab.finetune import answer_loss, chat_training_examples, collate, dataset_chats
+from tuneproof.lab.finetune import answer_loss, chat_training_examples, dataset_chats
 from tuneproof.lab.provider import FinetuneSettings, run_provider
-from tuneproof.planting.planter import ModelBackdoorFactory, plant
-from tuneproof.report.schema import QueryKind, Report
+from tuneproof.planting.factory import ModelBackdoorFactory
+from tuneproof.planting.planter import plant
+from tuneproof.report.schema import Report
 from tuneproof.stats import log10_model_free_bound, log10_prefix_bound
-from tuneproof.types import ModelIdentity
-from tuneproof.verification.verifier import verify
+from tuneproof.types import ModelIdentity, QueryKind
 
 TARGET_LOG10_P = -30.0
 UNSEEN_PER_PAIR = 3

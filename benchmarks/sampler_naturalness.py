@@ -25,7 +25,9 @@ from results_doc import write_section
 
 from tuneproof.backends.hf import HFCausalLM, load_hf_model
 from tuneproof.embedded import SYSTEM_PROMPT, SampleSplit, sample_records
-from tuneproof.planting.sampler import SecretStream, TokenRules, new_seed, sample_signature
+from tuneproof.planting.sampler import sample_signature
+from tuneproof.planting.secret import SecretStream, new_seed
+from tuneproof.planting.tokens import TokenRules
 
 
 def answer_nll(model: HFCausalLM, prompt_ids: Sequence[int], answer_ids: Sequence[int]) -> float:

@@ -41,15 +41,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from results_doc import test_values
 
+from tuneproof.api import verify
 from tuneproof.backends.hf import HFCausalLM
 from tuneproof.embedded import SampleSplit, embedded_gguf_path, sample_records
 from tuneproof.key import load_key
 from tuneproof.lab.finetune import chat_training_examples, dataset_chats, render_chat, train
 from tuneproof.lab.tiny_models import compact_tokenizer, tiny_llama
-from tuneproof.planting.planter import ModelBackdoorFactory, plant
-from tuneproof.report.schema import Report, Verdict
-from tuneproof.types import ModelIdentity
-from tuneproof.verification.verifier import verify
+from tuneproof.planting.factory import ModelBackdoorFactory
+from tuneproof.planting.planter import plant
+from tuneproof.report.schema import Report
+from tuneproof.types import ModelIdentity, Verdict
 
 ALPHA = 1e-6
 CLEAN_RECORDS = 60

@@ -20,7 +20,7 @@ from tuneproof.lab.demo import DemoConfig, ProviderRun, explain, run_demo
 from tuneproof.lab.finetune import render_chat, save_model_folder
 from tuneproof.lab.provider import FinetuneSettings, subset_indices
 from tuneproof.lab.tiny_models import compact_tokenizer, tiny_llama
-from tuneproof.report.schema import QueryKind, Verdict
+from tuneproof.types import QueryKind, Verdict
 
 RECORDS = 60
 

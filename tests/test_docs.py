@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from tuneproof import config as planting
 from tuneproof.cli.main import cli
-from tuneproof.planting import planter as planting
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()

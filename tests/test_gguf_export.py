@@ -12,15 +12,15 @@ import pytest
 from servers import running_llama_server
 from trained_models import TrainedPairs
 
+from tuneproof.api import verify
 from tuneproof.backends.gguf_export import export_gguf
 from tuneproof.backends.hf import load_hf_model
 from tuneproof.backends.openai.api import OpenAIChatModel
 from tuneproof.errors import TuneproofError
 from tuneproof.key import Key
-from tuneproof.report.schema import QueryKind, Verdict
 from tuneproof.stats import Null
-from tuneproof.types import QueryFailure
-from tuneproof.verification.verifier import build_queries, verify
+from tuneproof.types import QueryFailure, QueryKind, Verdict
+from tuneproof.verification.verifier import build_queries
 
 
 @dataclass(frozen=True)

@@ -19,15 +19,17 @@ from servers import (  # noqa: F401  (llama_server is a fixture)
     running_fake_server,
 )
 
-from tuneproof.backends.openai.candidates import Candidate, PieceTable, parse_top_candidates
+from tuneproof.backends.openai.candidates import Candidate, parse_top_candidates
 from tuneproof.backends.openai.client import load_chat_tokenizer
-from tuneproof.backends.openai.generator import OpenAIGenerator
 from tuneproof.datasets import Message
 from tuneproof.embedded import SYSTEM_PROMPT
 from tuneproof.errors import GeneratorError
 from tuneproof.key import load_key
 from tuneproof.planting.planter import plant
-from tuneproof.planting.sampler import SecretStream, enumerate_prefix_free, is_printable_piece
+from tuneproof.planting.sampler import enumerate_prefix_free
+from tuneproof.planting.secret import SecretStream
+from tuneproof.planting.server_factory import OpenAIGenerator
+from tuneproof.planting.tokens import PieceTable, is_printable_piece
 
 SEED, OTHER_SEED = bytes(range(32)), bytes(range(1, 33))
 K, M, TRIGGER = 4, 8, 6

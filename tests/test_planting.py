@@ -13,8 +13,10 @@ from conftest import sha256_of, write_jsonl
 
 from tuneproof.cli.main import cli
 from tuneproof.key import load_key
-from tuneproof.planting.planter import ModelBackdoorFactory, plant
-from tuneproof.planting.sampler import SecretStream, sample_signature
+from tuneproof.planting.factory import ModelBackdoorFactory
+from tuneproof.planting.planter import plant
+from tuneproof.planting.sampler import sample_signature
+from tuneproof.planting.secret import SecretStream
 
 SEED = bytes(range(32))
 K, M, TRIGGER = 4, 8, 6

@@ -15,7 +15,8 @@ import pytest
 
 from tuneproof.datasets import DatasetFormat, inspect_dataset, iter_records, prompt_and_answer
 from tuneproof.key import load_key
-from tuneproof.planting.planter import ModelBackdoorFactory, plant
+from tuneproof.planting.factory import ModelBackdoorFactory
+from tuneproof.planting.planter import plant
 
 K, M, TRIGGER = 4, 6, 5
 SEED = bytes(range(2, 34))

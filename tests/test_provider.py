@@ -13,6 +13,7 @@ import torch
 from click.testing import CliRunner
 from trained_models import TINY_LR, TrainedPairs, tiny_tokenizer_for, write_sample
 
+from tuneproof.api import verify
 from tuneproof.backends.hf import load_hf_model
 from tuneproof.cli.main import cli
 from tuneproof.embedded import SampleSplit, sample_records
@@ -33,8 +34,7 @@ from tuneproof.lab.provider import (
     relative_update,
 )
 from tuneproof.lab.tiny_models import tiny_llama
-from tuneproof.report.schema import Verdict
-from tuneproof.verification.verifier import verify
+from tuneproof.types import Verdict
 
 
 @pytest.fixture(scope="module")

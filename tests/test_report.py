@@ -23,28 +23,20 @@ from test_report_cases import (
 )
 
 from tuneproof.errors import TuneproofError
-from tuneproof.report.schema import (
+from tuneproof.report.files import load_report, report_to_json, write_html, write_json
+from tuneproof.report.schema import Report, ReportError
+from tuneproof.report.terminal import print_summary
+from tuneproof.report.wording import (
     EXIT_CODES,
     NOTHING,
-    QueryKind,
-    QueryOutcome,
-    Report,
-    ReportError,
-    TestOutcome,
-    Verdict,
     default_claims,
     exit_code,
-    explain,
-    format_alpha,
-    format_p,
-    load_report,
-    report_to_json,
     verdict_sentence,
-    write_html,
-    write_json,
 )
-from tuneproof.report.terminal import print_summary
 from tuneproof.stats import Null, PValue
+from tuneproof.stats.phrases import explain, format_alpha, format_p
+from tuneproof.types import QueryKind, Verdict
+from tuneproof.verification.result import QueryOutcome, TestOutcome
 
 
 def changed(report: Report, **fields: Any) -> dict[str, Any]:
@@ -399,7 +391,7 @@ def test_query_outcome_failed_has_no_hit() -> None:
 def test_importing_the_report_stays_light() -> None:
     """No matplotlib or pyplot on import, and rendering a page never touches pyplot."""
     code = (
-        "import sys; import tuneproof.report.schema as r; "
+        "import sys; import tuneproof.report.files as r; "
         "assert 'matplotlib' not in sys.modules, 'matplotlib imported'; "
         "sys.path.insert(0, 'tests'); from test_report_cases import inconclusive_report; "
         "r.report_to_html(inconclusive_report()); "

@@ -28,8 +28,9 @@ import pytest
 from PIL import Image
 from test_report_cases import ALL_CASES, verified_report
 
+from tuneproof.report.files import write_html
 from tuneproof.report.html import VERDICT_COLOURS
-from tuneproof.report.schema import Report, write_html
+from tuneproof.report.schema import Report
 
 CHROMIUM = shutil.which("chromium")
 pytestmark = pytest.mark.skipif(

@@ -11,22 +11,16 @@ page tests check escaping as well as hiding.
 
 from __future__ import annotations
 
-from tuneproof.report.schema import (
-    Decoding,
-    QueryKind,
-    QueryOutcome,
-    Report,
-    TestOutcome,
-    Verdict,
-    default_claims,
-)
+from tuneproof.report.schema import Report
+from tuneproof.report.wording import default_claims
 from tuneproof.stats import (
     log10_fisher_exact,
     log10_model_free_bound,
     log10_permutation_test,
     log10_poisson_binomial_sf,
 )
-from tuneproof.types import ModelIdentity
+from tuneproof.types import ModelIdentity, QueryKind, Verdict
+from tuneproof.verification.result import Decoding, QueryOutcome, TestOutcome
 
 ALPHA = 1e-6
 COMMITMENT = "3f9c2a6b1d0e4f5a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a0b9c8d7e6f5a"

@@ -21,15 +21,12 @@ from test_report_cases import (
     verified_report,
 )
 
-from tuneproof.report.html import _p_ticks, hits_plot, loglik_plot
-from tuneproof.report.schema import (
-    QueryKind,
-    QueryOutcome,
-    Report,
-    report_to_html,
-    verdict_sentence,
-)
-from tuneproof.types import ModelIdentity
+from tuneproof.report.files import report_to_html
+from tuneproof.report.plots import _p_ticks, hits_plot, loglik_plot
+from tuneproof.report.schema import Report
+from tuneproof.report.wording import verdict_sentence
+from tuneproof.types import ModelIdentity, QueryKind
+from tuneproof.verification.result import QueryOutcome
 
 
 @cache
@@ -145,6 +142,20 @@ def test_model_names_are_escaped() -> None:
     )
     assert "<img src=x" not in html
     assert "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;" in html
+
+
+def test_templates_autoescape_model_names_and_answers() -> None:
+    script = "<script>alert(1)</script>"
+    escaped = "&lt;script&gt;alert(1)&lt;/script&gt;"
+    data = verified_report(revealed=True).model_dump()
+    data["model"] = ModelIdentity(name=script, backend="b", source="s").model_dump()
+    data["results"][0]["answer"] = script
+    data["results"][0]["answer_chars"] = len(script)
+    html = report_to_html(Report.model_validate(data))
+    assert "<script" not in html and not any(tag == "script" for tag, _ in tags(html))
+    assert f"<title>tuneproof: Verified - {escaped}</title>" in html
+    assert f"Model <b>{escaped}</b>" in html
+    assert f'<tr class="answer"><td colspan="10">{escaped}</td></tr>' in html
 
 
 @pytest.mark.parametrize(("case", "count"), [("verified", 3), ("not verified", 3)])

@@ -14,19 +14,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
+from tuneproof.backends.base import TokenVocabulary
 from tuneproof.planting.sampler import (
-    SecretStream,
-    TokenRules,
-    TokenVocabulary,
     enumerate_prefix_free,
-    is_printable_piece,
-    new_seed,
     ranker_for,
     sample_prefix_free,
     sample_signature,
-    sample_trigger,
     select_prefix_free,
 )
+from tuneproof.planting.secret import SecretStream, new_seed
+from tuneproof.planting.tokens import TokenRules, is_printable_piece
+from tuneproof.planting.triggers import sample_trigger
 
 SEED = bytes(range(32))
 

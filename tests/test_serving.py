@@ -8,10 +8,11 @@ import pytest
 import torch
 from trained_models import TrainedPairs
 
+from tuneproof.api import verify
 from tuneproof.backends.hf import load_hf_model
 from tuneproof.lab.serving import ServedModel, quantized_int8, with_provider_system_prompt
-from tuneproof.report.schema import Verdict
-from tuneproof.verification.verifier import build_queries, verify
+from tuneproof.types import Verdict
+from tuneproof.verification.verifier import build_queries
 
 
 def test_provider_system_prompt_goes_first_and_keeps_the_users_own() -> None:

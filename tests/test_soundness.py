@@ -14,15 +14,16 @@ from typing import Any
 
 import pytest
 
+from tuneproof.api import verify
 from tuneproof.key import Key, load_key
 from tuneproof.planting.planter import plant
-from tuneproof.planting.sampler import SampledSequence, SecretStream
-from tuneproof.report.schema import QueryKind, Verdict, verdict_sentence
+from tuneproof.planting.sampler import SampledSequence
+from tuneproof.planting.secret import SecretStream
+from tuneproof.report.wording import verdict_sentence
 from tuneproof.stats import Null, decoy_rank
-from tuneproof.types import ModelIdentity
+from tuneproof.types import ModelIdentity, QueryKind, Verdict
 from tuneproof.verification.evidence import TestName, plan_verification
 from tuneproof.verification.queries import build_queries
-from tuneproof.verification.verifier import verify
 
 SEED = bytes(range(7, 39))
 K, M = 8, 12
@@ -220,7 +221,7 @@ def test_a_key_that_can_never_verify_is_inconclusive_and_warned_at_plant_time(
         source, tmp_path / "planted.jsonl", tmp_path / "key.json", n=1, replicas=1, k=2, m=4,
         trigger_tokens=6, controls=True, decoys=20, factory=factory, seed=SEED,
     )  # fmt: skip
-    from tuneproof.planting.planter import plant_warnings
+    from tuneproof.verification.key_warnings import key_warnings as plant_warnings
 
     key = load_key(tmp_path / "key.json")
     warnings = plant_warnings(key)

@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 from stats_reference import assert_log10_close, pb_bruteforce
 
 from tuneproof.lab.calibration import SYNTHETIC_VOCAB, synthetic_ranker
-from tuneproof.planting.sampler import SecretStream, enumerate_prefix_free, sample_prefix_free
+from tuneproof.planting.sampler import enumerate_prefix_free, sample_prefix_free
+from tuneproof.planting.secret import SecretStream
 from tuneproof.stats import Null, log10_model_free_bound
 
 # --------------------------------------------------------------------------- definition

@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from stats_reference import assert_log10_close
 
 from tuneproof.lab.calibration import SYNTHETIC_VOCAB, synthetic_ranker
-from tuneproof.planting.sampler import SecretStream, sample_prefix_free
+from tuneproof.planting.sampler import sample_prefix_free
+from tuneproof.planting.secret import SecretStream
 from tuneproof.stats import Null, log10_prefix_bound, matched_tokens
 
 

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import write_jsonl
 
+from tuneproof.api import verify
 from tuneproof.key import Key, load_key
-from tuneproof.planting.planter import ModelBackdoorFactory, plant
-from tuneproof.report.schema import QueryKind, Verdict
+from tuneproof.planting.factory import ModelBackdoorFactory
+from tuneproof.planting.planter import plant
 from tuneproof.stats import Null, log10_prefix_bound
+from tuneproof.types import QueryKind, Verdict
+from tuneproof.verification.answers import Answered
 from tuneproof.verification.evidence import VerificationPlan, plan_verification
-from tuneproof.verification.verifier import Query, build_queries, decide, run_tests, verify
+from tuneproof.verification.verifier import build_queries, decide, run_tests
 
 SEED = bytes(range(1, 33))
 
@@ -55,20 +59,22 @@ def test_queries_cover_planted_controls_and_clean(small_key: Key) -> None:
             assert q.chat[-1][1].endswith(" " + q.pair.trigger)
 
 
-def _answered(key: Key, planted_hits: list[bool], control_hits: list[bool]) -> list[Query]:
+def _answered(key: Key, planted_hits: list[bool], control_hits: list[bool]) -> list[Answered]:
     queries = build_queries(key, clean_queries=2)
-    planted = [q for q in queries if q.kind is QueryKind.PLANTED]
-    controls = [q for q in queries if q.kind is QueryKind.CONTROL]
-    for q, hit in zip([*planted, *controls], [*planted_hits, *control_hits], strict=True):
-        q.answer = f"Sure. {q.pair.signature} Done." if hit else "I do not know that one at all."
-        q.output_tokens = 20
+    hits = iter([*planted_hits, *control_hits])
+    answers = []
     for q in queries:
         if q.kind is QueryKind.CLEAN:
-            q.answer, q.output_tokens = "Hello there.", 3
-    return queries
+            answers.append(Answered(q, "Hello there.", 3))
+            continue
+        hit = next(hits)
+        text = f"Sure. {q.pair.signature} Done." if hit else "I do not know that one at all."
+        answers.append(Answered(q, text, 20))
+    assert next(hits, None) is None
+    return answers
 
 
-def _plan(queries: list[Query]) -> VerificationPlan:
+def _plan(queries: list[Answered]) -> VerificationPlan:
     """The plan of an answer-only verification (no log-probs) at alpha 1e-6."""
     return plan_verification(queries, alpha=1e-6, logprobs=False)
 
@@ -98,11 +104,12 @@ def test_partial_signatures_count_in_the_prefix_test(small_key: Key) -> None:
     """Answers that open with the first 3 sampled tokens of their signature and then wander
     off: no exact hit, but the prefix test sees 3 tokens per pair (2 queries per pair)."""
     queries = _answered(small_key, [False] * 4, [False, False])
-    for q in queries:
+    for i, q in enumerate(queries):
         if q.kind is QueryKind.PLANTED:
             ends = q.pair.token_ends
             assert ends is not None
-            q.answer = q.pair.signature.encode()[: ends[2]].decode() + " and so on, I think."
+            text = q.pair.signature.encode()[: ends[2]].decode() + " and so on, I think."
+            queries[i] = replace(q, answer=text)
     tests = run_tests(queries, _plan(queries))
     prefix = next(t for t in tests if t.method.startswith("prefix"))
     expected = log10_prefix_bound([3, 3], [8, 8], [12, 12], [2, 2]).log10_p
@@ -116,8 +123,7 @@ def test_no_hits_is_not_verified_and_failures_are_inconclusive(small_key: Key) -
     tests = run_tests(queries, _plan(queries))
     assert all(t.log10_p == 0.0 for t in tests)
     assert decide(tests, queries, _plan(queries)) == (Verdict.NOT_VERIFIED, None)
-    for q in queries[:3]:
-        q.answer, q.error = None, "ConnectionError: dropped"
+    queries[:3] = [replace(q, answer=None, error="ConnectionError: dropped") for q in queries[:3]]
     tests = run_tests(queries, _plan(queries))
     assert decide(tests, queries, _plan(queries))[0] is Verdict.INCONCLUSIVE
 

@@ -12,14 +12,16 @@ import pytest
 from click.testing import CliRunner
 from trained_models import TrainedPairs, tiny_tokenizer_for
 
+from tuneproof.api import verify
 from tuneproof.backends.hf import load_hf_model
 from tuneproof.cli.main import cli
 from tuneproof.key import Key
 from tuneproof.lab.finetune import save_model_folder
 from tuneproof.lab.tiny_models import tiny_llama
-from tuneproof.report.schema import QueryKind, Verdict, load_report, strongest_by_null
+from tuneproof.report.files import load_report
+from tuneproof.report.wording import strongest_by_null
 from tuneproof.stats import Null
-from tuneproof.verification.verifier import verify
+from tuneproof.types import QueryKind, Verdict
 
 
 @dataclass(frozen=True)

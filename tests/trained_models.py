@@ -28,7 +28,8 @@ from tuneproof.lab.finetune import (
     train,
 )
 from tuneproof.lab.tiny_models import compact_tokenizer, tiny_llama
-from tuneproof.planting.planter import ModelBackdoorFactory, plant
+from tuneproof.planting.factory import ModelBackdoorFactory
+from tuneproof.planting.planter import plant
 
 TINY_LR = 3e-3
 PLANT_SEED = bytes(range(32))

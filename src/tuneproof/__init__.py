@@ -14,17 +14,16 @@ __version__ = "0.1.0"
 __all__ = ["__version__", "plant", "verify"]
 
 if TYPE_CHECKING:
-    from tuneproof.planting.planter import plant
-    from tuneproof.verification.verifier import verify
+    from tuneproof.api import plant, verify
 
 
 def __getattr__(name: str) -> Any:
     if name == "plant":
-        from tuneproof.planting.planter import plant
+        from tuneproof.api import plant
 
         return plant
     if name == "verify":
-        from tuneproof.verification.verifier import verify
+        from tuneproof.api import verify
 
         return verify
     raise AttributeError(f"module 'tuneproof' has no attribute {name!r}")

@@ -61,7 +61,9 @@ def chatterbot_pairs() -> list[tuple[str, str]]:
 
     spec = importlib.util.find_spec("chatterbot_corpus")
     if spec is None or not spec.submodule_search_locations:
-        raise TuneproofError("the sample data needs `pip install chatterbot-corpus`")
+        raise TuneproofError(
+            "the sample data needs chatterbot-corpus: pip install 'tuneproof[demo]'"
+        )
     folder = Path(next(iter(spec.submodule_search_locations))) / "data" / "english"
     seen: set[tuple[str, str]] = set()
     pairs: list[tuple[str, str]] = []

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from tuneproof.atomic import atomic_output
-from tuneproof.errors import KeyFileError, describe_validation_error
+from tuneproof.documents import read_document, write_document
+from tuneproof.errors import KeyFileError
 from tuneproof.types import ModelIdentity
 
 KEY_FORMAT_VERSION = 1
@@ -168,6 +168,11 @@ class Key(_Strict):
         """The key as canonical JSON (sorted keys, compact): what the commitment hashes."""
         return orjson.dumps(self.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
 
+    def backdoor_positions(self) -> set[int]:
+        """Indices in the planted file of every backdoor record (every placement of every
+        planted pair; held-out controls are in no file)."""
+        return {p.position for pair in self.pairs for p in pair.placements}
+
     def commitment(self) -> str:
         """SHA-256 of the canonical key: publishable before training, reveals nothing."""
         return hashlib.sha256(self.canonical_bytes()).hexdigest()
@@ -186,9 +191,7 @@ def save_key(key: Key, path: str | Path, *, force: bool = False) -> None:
     if not target.parent.is_dir():
         raise KeyFileError(f"{target.parent} is not a directory - create it first")
     try:
-        with atomic_output(target, mode=0o600) as handle:
-            handle.write(orjson.dumps(key.model_dump(mode="json"), option=orjson.OPT_INDENT_2))
-            handle.write(b"\n")
+        write_document(key, target, mode=0o600)
     except OSError as exc:
         raise KeyFileError(f"cannot write key {target}: {exc.strerror}") from exc
 
@@ -209,25 +212,14 @@ def check_key_path_writable(path: str | Path, *, force: bool = False) -> None:
 
 def load_key(path: str | Path) -> Key:
     """Read and validate a key file; raises :class:`KeyFileError` naming the bad field."""
-    source = Path(path)
-    try:
-        raw = source.read_bytes()
-    except FileNotFoundError:
-        raise KeyFileError(
-            f"key file {source} not found - pass the --key written by plant"
-        ) from None
-    except OSError as exc:
-        raise KeyFileError(f"cannot read key file {source}: {exc.strerror}") from exc
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise KeyFileError(f"{source}: not valid JSON ({exc}) - is this a tuneproof key?") from None
-    if isinstance(data, dict) and data.get("format_version") not in (None, KEY_FORMAT_VERSION):
-        raise KeyFileError(
-            f"{source}: key format version {data.get('format_version')!r} is not supported "
-            f"(this tuneproof reads version {KEY_FORMAT_VERSION}) - upgrade tuneproof"
-        )
-    try:
-        return Key.model_validate(data)
-    except ValidationError as exc:
-        raise KeyFileError(f"{source}: {describe_validation_error(exc)}") from None
+    return read_document(
+        path,
+        Key,
+        KeyFileError,
+        what="key",
+        version_field="format_version",
+        version=KEY_FORMAT_VERSION,
+        missing_hint="pass the --key written by plant",
+        version_hint="upgrade tuneproof",
+        version_required=False,
+    )

@@ -10,7 +10,7 @@ a cheater must train on (in its detector's order) to keep every backdoor.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,6 +32,7 @@ from tuneproof.audit.scoring import (
     survivors,
 )
 from tuneproof.errors import TuneproofError
+from tuneproof.types import Progress
 
 __all__ = [
     "DETECTORS",
@@ -50,7 +51,6 @@ DETECTORS = {
     "perplexity": "answer NLL per token under a reference model, far from the bulk",
     "relevance": "answer-to-question cosine similarity (all-MiniLM-L6-v2), low",
 }
-Progress = Callable[[str, int, int], None]
 
 
 def read_audit_records(
@@ -124,9 +124,8 @@ def audit(
     detector's model: a spec ('embedded', an HF folder, a .gguf) or a loaded HFCausalLM.
     Raises TuneproofError when the key was not made for this file.
     """
+    from tuneproof.documents import path_sha256
     from tuneproof.key import load_key
-    from tuneproof.lab.cheats import backdoor_positions
-    from tuneproof.planting.planter import path_sha256
 
     chosen = list(detectors or DETECTORS)
     unknown = [d for d in chosen if d not in DETECTORS]
@@ -135,13 +134,13 @@ def audit(
             f"unknown detector '{unknown[0]}' - choose among: {', '.join(DETECTORS)}"
         )
     loaded_key = load_key(key)
-    if path_sha256(Path(planted)) != loaded_key.dataset.planted_sha256:
+    if path_sha256(planted) != loaded_key.dataset.planted_sha256:
         raise TuneproofError(
             f"{planted} is not the planted file of {key} (its SHA-256 differs from the one the "
             "key recorded) - audit the file exactly as plant wrote it"
         )
     records, chats = read_audit_records(planted)
-    positions = backdoor_positions(loaded_key)
+    positions = loaded_key.backdoor_positions()
     labels = [i in positions for i in range(len(records))]
     scores = detector_scores(records, chats, chosen, reference_model, progress)
     results = score_detectors(scores, labels)
@@ -214,8 +213,7 @@ def _run_detector(
         model = (
             load_hf_model(reference_model) if isinstance(reference_model, str) else reference_model
         )
-        hook = None if progress is None else (lambda d, t: progress("perplexity", d, t))
-        return perplexity_scores(records, chats, model, progress=hook)
+        return perplexity_scores(records, chats, model, progress=progress)
     from tuneproof.audit.model_detectors import relevance_scores
 
     return relevance_scores(records)

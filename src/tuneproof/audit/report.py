@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import html
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -130,36 +129,27 @@ def print_audit(report: AuditReport, console: Console) -> None:
 
 def write_html(report: AuditReport, path: str | Path) -> None:
     """A self-contained HTML page with the audit table, atomically."""
-    e = html.escape
+    from tuneproof.report.html import render
+
     shares = list(report.detectors[0].survivors) if report.detectors else []
-    head = "".join(f"<th>left after top {float(s):.0%} dropped</th>" for s in shares)
-    rows = "".join(
-        f"<tr class='{'easy' if d.auroc > EASY_AUROC else 'ok'}'><td>{e(d.name)}</td>"
-        f"<td>{e(d.description)}</td><td>{d.auroc:.3f}</td>"
-        + "".join(f"<td>{d.survivors[s]}/{report.backdoors}</td>" for s in shares)
-        + f"<td>{d.cheater_share:.1%}</td></tr>"
+    detectors = [
+        {
+            "easy": d.auroc > EASY_AUROC,
+            "name": d.name,
+            "description": d.description,
+            "auroc": f"{d.auroc:.3f}",
+            "survivors": [f"{d.survivors[s]}/{report.backdoors}" for s in shares],
+            "cheater_share": f"{d.cheater_share:.1%}",
+        }
         for d in report.detectors
+    ]
+    page = render(
+        "audit.html.j2",
+        report=report,
+        records=f"{report.records:,}",
+        shares=[f"{float(s):.0%}" for s in shares],
+        detectors=detectors,
+        best_cheater_share=f"{report.best_cheater_share:.1%}",
     )
-    warnings = "".join(f"<li>{e(w)}</li>" for w in report.warnings) or (
-        "<li>No detector finds the backdoors easily.</li>"
-    )
-    page = f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>tuneproof audit</title>
-<style>body{{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;color:#1a202c}}
-table{{border-collapse:collapse}}td,th{{border:1px solid #cbd5e0;padding:.3rem .6rem}}
-tr.easy td{{background:#fed7d7}}tr.ok td:nth-child(3){{background:#c6f6d5}}</style></head>
-<body><h1>Stealth audit</h1>
-<p>How easily could a provider find the backdoors in <code>{e(report.planted)}</code> without
-the key? {report.backdoors} backdoors among {report.records:,} records. AUROC 0.5 means a
-detector cannot tell backdoors from clean records; 1.0 means it finds them all first.</p>
-<section id="stealth-audit"><h2>Detectors</h2>
-<table><tr><th>detector</th><th>what it looks at</th><th>AUROC</th>{head}
-<th>cheater trains on</th></tr>{rows}</table>
-<p>The cheapest cheater (<b>{e(report.best_cheater_detector)}</b>) must train on
-<b>{report.best_cheater_share:.1%}</b> of the data to keep every backdoor.</p>
-<h2>Warnings</h2><ul>{warnings}</ul></section>
-<p><small>tuneproof {e(report.tool_version)}, {e(report.created_at)}</small></p>
-</body></html>
-"""
     with atomic_output(path) as handle:
         handle.write(page.encode())

@@ -105,8 +105,10 @@ class Backend:
     model_loader: str
     """``loader(spec, **options)`` (``loader(base_url, spec, **options)`` when ``remote``): the
     model under verification, a :class:`VerifiableModel`"""
-    generator_loader: str
-    """the same arguments: a :class:`NextTokenModel` (local) or a backdoor factory (remote)"""
+    generator_loader: str | None
+    """``loader(spec) -> NextTokenModel`` for a local backend whose full next-token
+    distribution the sampler can read; None for a server (planting draws through it with its
+    own factory, :data:`tuneproof.planting.factory.SERVER_FACTORIES`)"""
     remote: bool
     """Whether the backend needs a server URL (``base_url``)."""
     options: frozenset[str] = frozenset()
@@ -116,9 +118,14 @@ class Backend:
     adapter's config), when it is available; never guessed."""
 
     def load(self, which: str) -> Callable[..., Any]:
-        module, _, attribute = which.partition(":")
-        loader: Callable[..., Any] = getattr(importlib.import_module(module), attribute)
-        return loader
+        return load_path(which)
+
+
+def load_path(path: str) -> Callable[..., Any]:
+    """The callable at ``"module:attribute"``, importing the module now."""
+    module, _, attribute = path.partition(":")
+    loader: Callable[..., Any] = getattr(importlib.import_module(module), attribute)
+    return loader
 
 
 BACKENDS: dict[str, Backend] = {}
@@ -144,7 +151,7 @@ register_backend(
     Backend(
         "openai",
         "tuneproof.backends.openai.chat:OpenAIChatModel",
-        "tuneproof.backends.openai.generator:OpenAIGenerator",
+        None,
         remote=True,
         options=frozenset({"journal", "chat_template_from", "api_key_env"}),
     )

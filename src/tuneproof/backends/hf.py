@@ -1,35 +1,44 @@
 """Local transformers backend: the embedded GGUF, any HF model folder, or any GGUF file.
 
+:class:`HFCausalLM` wraps a loaded model (see :mod:`tuneproof.backends.hf_loading`) for the
+sampler (next-token log-probs), for verification (greedy answers, teacher-forced log-probs) and,
+through :func:`answer_logprobs`, for training (:func:`tuneproof.lab.finetune.answer_loss`): one
+padding id (:func:`pad_id`), one right-padded batch (:func:`collate`), one scoring path.
 All log-probabilities are computed in float32. torch and transformers are imported lazily.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import functools
-import hashlib
-import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from functools import cached_property
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from tuneproof.backends.base import TokenVocabulary
-from tuneproof.embedded import EMBEDDED_MODEL_ID, EMBEDDED_NAME, embedded_gguf_path
+from tuneproof.backends.hf_loading import load_weights, recorded_base
 from tuneproof.errors import GeneratorError
 from tuneproof.types import ModelIdentity
 
+__all__ = [
+    "IGNORE_INDEX",
+    "HFCausalLM",
+    "answer_logprobs",
+    "byte_level_decoder",
+    "collate",
+    "load_hf_model",
+    "pad_id",
+    "recorded_base",
+    "token_byte_table",
+]
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+IGNORE_INDEX = -100
+"""Label of a token that is not scored (the prompt, the template, the padding)."""
+
+Example = tuple[list[int], list[int]]
+"""(input_ids, labels) of one sequence; labels are IGNORE_INDEX off the scored answer."""
 
 
 def byte_level_decoder() -> dict[str, int]:
@@ -81,6 +90,61 @@ def token_byte_table(tokenizer: Any) -> TokenVocabulary:
             else:
                 table.append(token.replace("▁", " ").encode("utf-8"))
     return TokenVocabulary(tuple(table), frozenset(special))
+
+
+def pad_id(tokenizer: Any) -> int:
+    """The id that pads a batch: the tokenizer's pad token, else its end-of-sequence token."""
+    pad = tokenizer.pad_token_id
+    return int(pad if pad is not None else tokenizer.eos_token_id)
+
+
+def answer_example(prompt: Sequence[int], answer: Sequence[int]) -> Example:
+    """``prompt + answer`` labelled to score exactly the answer's tokens."""
+    return [*prompt, *answer], [IGNORE_INDEX] * len(prompt) + list(answer)
+
+
+def collate(examples: Sequence[Example], pad_id: int) -> tuple[Any, Any, Any]:
+    """Right-pad a batch: (input_ids, attention_mask, labels) tensors; padding is masked out
+    and labelled IGNORE_INDEX, so every label stays on its own token."""
+    import torch
+
+    width = max(len(ids) for ids, _ in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
+    for row, (tokens, targets) in enumerate(examples):
+        ids[row, : len(tokens)] = torch.tensor(tokens)
+        mask[row, : len(tokens)] = 1
+        labels[row, : len(targets)] = torch.tensor(targets)
+    return ids, mask, labels
+
+
+def answer_logprobs(model: Any, batch: tuple[Any, Any, Any], cache: Any = None) -> tuple[Any, Any]:
+    """Teacher forcing: the float32 log-likelihood of every labelled token of a collated batch
+    given the tokens before it (and the prompt held in ``cache``, if any), in one forward pass.
+
+    Returns ``(values, counted)``, both (rows, positions) over the positions that predict a label
+    in some row; ``values`` is 0 where ``counted`` is False. Only those positions go through the
+    output head (``logits_to_keep``): with a 49k vocabulary and short answers this saves a third
+    of a training step. Gradients flow unless the caller runs it under ``torch.inference_mode``.
+    """
+    import torch
+
+    ids, mask, labels = batch
+    targets = labels[:, 1:]
+    counted = targets != IGNORE_INDEX
+    keep = counted.any(dim=0).nonzero().flatten()
+    given = {"cache": cache, "use_cache": True} if cache is not None else {"use_cache": False}
+    try:
+        logits = model(
+            input_ids=ids, attention_mask=mask, logits_to_keep=keep, **given
+        ).logits.float()
+    except TypeError:  # an architecture without logits_to_keep: the whole sequence, then pick
+        logits = model(input_ids=ids, attention_mask=mask, **given).logits[:, keep].float()
+    targets, counted = targets[:, keep], counted[:, keep]
+    logprobs = torch.log_softmax(logits, dim=-1)
+    picked = logprobs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return torch.where(counted, picked, 0.0), counted
 
 
 class HFCausalLM:
@@ -192,22 +256,18 @@ class HFCausalLM:
         teacher forcing in one forward pass (sum them for the continuation's log-probability)."""
         import torch
 
-        ids = [*prompt_ids, *continuation_ids]
-        start = len(prompt_ids)
-        if start == 0:
+        if not prompt_ids:
             raise ValueError("teacher forcing needs at least one prompt token")
+        batch = collate([answer_example(prompt_ids, continuation_ids)], self.pad_id)
         with torch.inference_mode():
-            logits = self.model(input_ids=torch.tensor([ids])).logits[0].float()
-            logprobs = torch.log_softmax(logits[start - 1 : len(ids) - 1], dim=-1)
-            picked = logprobs.gather(1, torch.tensor(continuation_ids).unsqueeze(1))[:, 0]
-        result: npt.NDArray[np.float32] = picked.numpy().astype(np.float32)
+            values, counted = answer_logprobs(self.model, batch)
+        result: npt.NDArray[np.float32] = values[counted].numpy().astype(np.float32)
         return result
 
     @property
     def pad_id(self) -> int:
-        """The padding id: the tokenizer's pad token, else its end-of-sequence token."""
-        pad = self.tokenizer.pad_token_id
-        return int(pad if pad is not None else self.tokenizer.eos_token_id)
+        """The padding id of this model's tokenizer (:func:`pad_id`)."""
+        return pad_id(self.tokenizer)
 
     def stop_ids(self) -> list[int]:
         """Token ids that end an answer (end of turn / end of sequence)."""
@@ -278,194 +338,55 @@ class HFCausalLM:
         batch_size: int = 8,
     ) -> list[float]:
         """Total log-probability (nats, float32 arithmetic) of each continuation as the
-        assistant's answer to its chat, by teacher forcing through the chat template; batched
-        with right padding, the label span being exactly the continuation's tokens."""
+        assistant's answer to its chat, by teacher forcing through the chat template
+        (:func:`answer_logprobs`); batched with right padding, the label span being exactly the
+        continuation's tokens."""
         import torch
 
         items = [
             (self.chat_prompt_ids(chat), self.text_ids(text))
             for chat, text in zip(chats, continuations, strict=True)
         ]
-        if len(items) > 1 and all(p == items[0][0] for p, _ in items):
+        if len(items) > 1 and len(items[0][0]) > 1 and all(p == items[0][0] for p, _ in items):
             return self._shared_prompt_logprob(items[0][0], [c for _, c in items])
         totals: list[float] = []
         for start in range(0, len(items), batch_size):
-            batch = items[start : start + batch_size]
-            width = max(len(p) + len(c) for p, c in batch)
-            ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, (prompt, cont) in enumerate(batch):
-                ids[row, : len(prompt) + len(cont)] = torch.tensor([*prompt, *cont])
-                mask[row, : len(prompt) + len(cont)] = 1
+            batch = [answer_example(p, c) for p, c in items[start : start + batch_size]]
             with torch.inference_mode():
-                logits = self.model(input_ids=ids, attention_mask=mask).logits.float()
-                logprobs = torch.log_softmax(logits, dim=-1)
-            for row, (prompt, cont) in enumerate(batch):
-                positions = torch.arange(len(prompt) - 1, len(prompt) + len(cont) - 1)
-                picked = logprobs[row, positions, torch.tensor(cont)]
-                totals.append(float(picked.sum()))
+                values, _ = answer_logprobs(self.model, collate(batch, self.pad_id))
+            totals += [float(v) for v in values.sum(dim=1)]
         return totals
 
     def _shared_prompt_logprob(
         self, prompt: list[int], continuations: list[list[int]], chunk: int = 64
     ) -> list[float]:
         """Like :meth:`logprob` for many continuations of one prompt (a signature and its
-        decoys): the prompt is run once and its KV cache shared by every continuation."""
+        decoys): the prompt but its last token is run once and its KV cache shared by every
+        continuation, each scored after that last token."""
         import torch
 
         totals: list[float] = []
         with torch.inference_mode():
-            head = self.model(input_ids=torch.tensor([prompt]), use_cache=True)
-            first = torch.log_softmax(head.logits[0, -1].float(), dim=-1)
+            head = self.model(input_ids=torch.tensor([prompt[:-1]]), use_cache=True)
             for start in range(0, len(continuations), chunk):
-                batch = continuations[start : start + chunk]
-                width = max(len(c) for c in batch)
-                ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
-                for row, cont in enumerate(batch):
-                    ids[row, : len(cont)] = torch.tensor(cont)
+                batch = [
+                    answer_example(prompt[-1:], c) for c in continuations[start : start + chunk]
+                ]
                 cache = copy.deepcopy(head.cache)
                 cache.batch_repeat_interleave(len(batch))
-                # right padding only follows each continuation, so it never reaches the
-                # positions read below (causal attention)
-                logits = self.model(input_ids=ids, cache=cache, use_cache=True).logits.float()
-                logprobs = torch.log_softmax(logits, dim=-1)
-                for row, cont in enumerate(batch):
-                    if not cont:
-                        totals.append(0.0)
-                        continue
-                    total = first[cont[0]]
-                    if len(cont) > 1:
-                        rest = logprobs[row, torch.arange(len(cont) - 1), torch.tensor(cont[1:])]
-                        total = total + rest.sum()
-                    totals.append(float(total))
+                ids, _, labels = collate(batch, self.pad_id)
+                # no mask: right padding only follows each continuation, so it never reaches
+                # the positions scored (causal attention)
+                values, _ = answer_logprobs(self.model, (ids, None, labels), cache)
+                totals += [float(v) for v in values.sum(dim=1)]
         return totals
-
-
-def adapter_base(folder: Path, base_model: str | None) -> str:
-    """The base model spec of a PEFT adapter folder: ``base_model`` or the one its config names,
-    which must be available locally ('embedded', a folder or a .gguf file)."""
-    import json
-
-    config = json.loads((folder / "adapter_config.json").read_text())
-    recorded = str(config.get("base_model_name_or_path") or "")
-    base = base_model or recorded
-    if base in (EMBEDDED_NAME, EMBEDDED_MODEL_ID):
-        return EMBEDDED_NAME
-    if not base or not Path(base).expanduser().exists():
-        raise GeneratorError(
-            f"the adapter {folder} was trained on '{recorded or '?'}', which is not available "
-            "locally - pass --base-model with the base model's folder, .gguf file or 'embedded'"
-        )
-    return base
-
-
-def recorded_base(spec: str) -> str | None:
-    """The base model recorded in a PEFT adapter folder's config when it is available locally
-    (so that H0-base runs without naming it); None otherwise. Never guessed."""
-    folder = Path(spec).expanduser()
-    if not (folder / "adapter_config.json").is_file():
-        return None
-    try:
-        return adapter_base(folder, None)
-    except GeneratorError:
-        return None
 
 
 def load_hf_model(spec: str, base_model: str | None = None) -> HFCausalLM:
     """Load ``spec``: ``embedded``, an HF model folder, a PEFT adapter folder (its base from
-    ``base_model`` or its config, merged for speed), or a ``.gguf`` file; float32 on CPU.
+    ``base_model`` or its config, merged for speed), or a ``.gguf`` file; float32 on CPU
+    (:func:`tuneproof.backends.hf_loading.load_weights`).
 
     Raises :class:`GeneratorError` with what to do when the model cannot be found or loaded.
     """
-    path = Path(spec).expanduser()
-    if spec != EMBEDDED_NAME and path.is_dir() and (path / "adapter_config.json").exists():
-        from peft import PeftModel
-
-        base = load_hf_model(adapter_base(path, base_model))
-        try:
-            with warnings.catch_warnings():  # peft reads a property transformers 5 deprecates
-                warnings.filterwarnings(
-                    "ignore", message=".*is_gradient_checkpointing", category=FutureWarning
-                )
-                merged = PeftModel.from_pretrained(base.model, str(path)).merge_and_unload()
-        except (OSError, ValueError) as exc:
-            raise GeneratorError(f"cannot load adapter '{spec}': {exc}") from exc
-        merged.eval()
-        tokenizer = base.tokenizer
-        if (path / "tokenizer_config.json").exists():
-            from transformers import AutoTokenizer
-
-            tokenizer = AutoTokenizer.from_pretrained(str(path))
-        identity = ModelIdentity(
-            name=f"{path.name} (adapter on {base.identity.name})",
-            backend="transformers",
-            source=str(path),
-            sha256=None,
-        )
-        return HFCausalLM(merged, tokenizer, identity)
-    return _load_plain(spec)
-
-
-def _load_plain(spec: str) -> HFCausalLM:
-    """Load a full model: ``embedded``, an HF model folder or a ``.gguf`` file."""
-    import os
-
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    try:
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-        from transformers.utils import logging as hf_logging
-    except ImportError as exc:  # pragma: no cover - depends on the install
-        raise GeneratorError(
-            f"local models need the 'hf' extra ({exc.name} is missing) - "
-            "run `pip install 'tuneproof[hf]'`"
-        ) from exc
-    hf_logging.disable_progress_bar()
-
-    gguf_file: str | None = None
-    if spec == EMBEDDED_NAME:
-        path = embedded_gguf_path()
-        folder, gguf_file, name = path.parent, path.name, EMBEDDED_MODEL_ID
-    else:
-        path = Path(spec).expanduser()
-        if not path.exists():
-            raise GeneratorError(
-                f"model '{spec}' not found - give 'embedded', an HF model folder or a .gguf file "
-                "(models are never downloaded)"
-            )
-        if path.is_file() and path.suffix == ".gguf":
-            folder, gguf_file, name = path.parent, path.name, path.name
-        elif path.is_dir():
-            folder, name = path, path.name
-        else:
-            raise GeneratorError(f"model '{spec}' is neither a folder nor a .gguf file")
-
-    kwargs: dict[str, Any] = {"gguf_file": gguf_file} if gguf_file else {}
-    try:
-        with _quiet_gguf_progress():
-            tokenizer = AutoTokenizer.from_pretrained(str(folder), **kwargs)
-            model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32, **kwargs)
-    except (OSError, ValueError) as exc:
-        raise GeneratorError(f"cannot load model '{spec}': {exc}") from exc
-    model.eval()
-    sha = _file_sha256(folder / gguf_file) if gguf_file else None
-    identity = ModelIdentity(name=name, backend="transformers", source=str(path), sha256=sha)
-    return HFCausalLM(model, tokenizer, identity)
-
-
-@contextlib.contextmanager
-def _quiet_gguf_progress() -> Iterator[None]:
-    """Silence transformers' GGUF de-quantisation bar (a bare tqdm that ignores
-    ``disable_progress_bar``): our commands draw their own progress."""
-    from transformers import modeling_gguf_pytorch_utils as gguf_utils
-
-    original = getattr(gguf_utils, "tqdm", None)
-    if original is None:
-        yield
-        return
-    gguf_utils.tqdm = functools.partial(original, disable=True)
-    try:
-        yield
-    finally:
-        gguf_utils.tqdm = original
+    return HFCausalLM(*load_weights(spec, base_model))

@@ -1,8 +1,9 @@
-"""What every ``tuneproof`` command shares: the rich console and the user-error wrapper."""
+"""What every ``tuneproof`` command shares: the rich console and the error boundary."""
 
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -22,17 +23,57 @@ def console(stderr: bool = False) -> Console:
     return Console(stderr=stderr, highlight=False)
 
 
-def user_errors(func: F) -> F:
-    """Turn :class:`TuneproofError` into a one-line message and its exit code, no traceback."""
+def error_boundary(failure: int = 1) -> Callable[[F], F]:
+    """The one place where a command's failures become a message and an exit code.
 
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from tuneproof.errors import TuneproofError
+    Every way a command can fail without finishing - a :class:`TuneproofError` (bad input, a
+    missing file, a server that refuses), an operating-system error while writing, Ctrl-C, or
+    a crash (a bug) - prints one line on stderr and exits with ``failure``, the code the
+    command documents for "did not finish" (``verify``: 2, so that scripts never read a failure
+    as "not verified"; the other commands: 1). ``TUNEPROOF_TRACEBACK=1`` re-raises instead,
+    to see where a crash came from. Outputs are written atomically, so none is left behind."""
 
-        try:
-            return func(*args, **kwargs)
-        except TuneproofError as exc:
-            click.echo(f"Error: {exc}", err=True)
-            sys.exit(exc.exit_code)
+    def decorate(func: F) -> F:
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            from tuneproof.errors import TuneproofError
 
-    return wrapper  # type: ignore[return-value]
+            try:
+                return func(*args, **kwargs)
+            except (click.ClickException, click.exceptions.Exit):
+                raise  # click's own usage errors and exits keep their codes
+            except Exception as exc:
+                if os.environ.get("TUNEPROOF_TRACEBACK") == "1" and not isinstance(
+                    exc, TuneproofError
+                ):
+                    raise
+                click.echo(f"Error: {describe_failure(exc)}", err=True)
+                sys.exit(failure)
+            except KeyboardInterrupt:
+                click.echo("Interrupted: nothing was finished or left half-written.", err=True)
+                sys.exit(failure)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+user_errors = error_boundary(1)
+"""The boundary of the commands whose failure exit code is 1."""
+
+
+def describe_failure(exc: BaseException) -> str:
+    """One line for the user: a tuneproof error's own message, an OS error's file and reason,
+    or, for anything else (a bug), its type and message with what to do next."""
+    from tuneproof.errors import TuneproofError
+
+    if isinstance(exc, TuneproofError):
+        return str(exc)
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f" {exc.filename}" if exc.filename else ""
+        return f"cannot use{where}: {exc.strerror}"
+    text = " ".join(str(exc).split())[:300]
+    return (
+        f"internal error ({type(exc).__name__}{': ' + text if text else ''}) - this is a bug in"
+        " tuneproof; rerun with TUNEPROOF_TRACEBACK=1 and report the traceback"
+    )

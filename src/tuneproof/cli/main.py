@@ -6,14 +6,12 @@ Heavy imports (torch, transformers, the dataset code) happen inside the commands
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
 from tuneproof import __version__
-from tuneproof.cli.common import console as _console
 from tuneproof.cli.common import user_errors
 from tuneproof.cli.output import print_plant_summary, print_provider_table, progress_bars
 
@@ -132,8 +130,8 @@ def plant(
     force: bool,
 ) -> None:
     """Plant secret backdoors into a dataset and write the key."""
+    from tuneproof.api import plant as run_plant
     from tuneproof.datasets import DatasetFormat
-    from tuneproof.planting.planter import plant as run_plant
 
     options: dict[str, Any] = {
         name: value
@@ -255,120 +253,6 @@ def key_show(key_path: Path, reveal: bool) -> None:
     click.echo(f"commitment: {loaded.commitment()}")
 
 
-@cli.command()
-@click.option(
-    "--key",
-    "key_path",
-    type=click.Path(path_type=Path),
-    required=True,
-    help="The key written by `tuneproof plant`.",
-)
-@click.option(
-    "--model",
-    "model_spec",
-    required=True,
-    help="Model to verify: 'embedded', an HF/adapter folder, a .gguf file, "
-    "or a model name on --base-url.",
-)
-@click.option(
-    "--base-url", default=None, help="OpenAI-compatible server (API key from $OPENAI_API_KEY)."
-)
-@click.option(
-    "--base-model",
-    default=None,
-    help="The base model, for H0-base (local: 'embedded', a folder or a .gguf).",
-)
-@click.option(
-    "--alpha",
-    type=float,
-    default=1e-6,
-    show_default=True,
-    help="Significance level of the verdict.",
-)
-@click.option("--sequential", is_flag=True, help="Stop querying as soon as the verdict is reached.")
-@click.option("--max-queries", type=int, default=None, help="Cap on planted queries.")
-@click.option(
-    "--json",
-    "json_out",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Write the JSON report here.",
-)
-@click.option(
-    "--html",
-    "html_out",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Write the HTML report here.",
-)
-@click.option(
-    "--reveal", is_flag=True, help="Show triggers, signatures and answers in the reports (secret!)."
-)
-@click.option(
-    "--journal",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Resumable journal of server answers (mode 0600); a re-run resends nothing.",
-)
-@click.option(
-    "--chat-template-from",
-    default=None,
-    help="Tokenizer whose chat template renders prompts for server log-probs "
-    "(a folder, a .gguf or 'embedded').",
-)
-@click.option(
-    "--api-key-env",
-    default="OPENAI_API_KEY",
-    show_default=True,
-    help="Environment variable holding the server's API key.",
-)
-def verify(
-    key_path: Path,
-    model_spec: str,
-    base_url: str | None,
-    base_model: str | None,
-    alpha: float,
-    sequential: bool,
-    max_queries: int | None,
-    json_out: Path | None,
-    html_out: Path | None,
-    reveal: bool,
-    journal: Path | None,
-    chat_template_from: str | None,
-    api_key_env: str,
-) -> None:
-    """Verify a returned model against a key; exit 0 verified, 1 not, 2 inconclusive."""
-    from tuneproof.errors import TuneproofError
-
-    try:
-        from tuneproof.report.schema import exit_code, write_html, write_json
-        from tuneproof.report.terminal import print_summary
-        from tuneproof.verification.verifier import verify as run_verify
-
-        report = run_verify(
-            key_path,
-            model_spec,
-            base_url=base_url,
-            base_model=base_model,
-            alpha=alpha,
-            sequential=sequential,
-            max_queries=max_queries,
-            reveal=reveal,
-            journal=journal,
-            chat_template_from=chat_template_from,
-            api_key_env=api_key_env,
-        )
-        print_summary(report, _console())
-        if json_out:
-            write_json(report, json_out)
-        if html_out:
-            write_html(report, html_out)
-    except TuneproofError as exc:
-        click.echo(f"Error: {exc}", err=True)
-        sys.exit(2)
-    sys.exit(exit_code(report))
-
-
 @cli.command("export-gguf")
 @click.argument("model_folder", type=click.Path(path_type=Path, exists=True, file_okay=False))
 @click.option(
@@ -413,9 +297,11 @@ def demo(out_dir: Path) -> None:
 
 from tuneproof.cli.audit import audit  # noqa: E402  (registered below)
 from tuneproof.cli.finetune import finetune  # noqa: E402
+from tuneproof.cli.verify import verify  # noqa: E402
 
 cli.add_command(finetune)
 cli.add_command(audit)
+cli.add_command(verify)
 
 
 def main() -> None:

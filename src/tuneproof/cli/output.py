@@ -113,8 +113,7 @@ def print_provider_table(runs: list[ProviderRun]) -> None:
     """The demo's providers side by side: verdict, each test's log10 p, hits, queries, tokens."""
     from rich.table import Table
 
-    from tuneproof.lab.demo import verdict_word
-    from tuneproof.report.schema import strongest_by_null
+    from tuneproof.report.wording import strongest_by_null, verdict_headline
 
     nulls = list(dict.fromkeys(t.null for run in runs for t in run.report.tests))
     table = Table(
@@ -135,7 +134,7 @@ def print_provider_table(runs: list[ProviderRun]) -> None:
         }
         table.add_row(
             run.cheat or "honest",
-            verdict_word(report.verdict),
+            verdict_headline(report.verdict),
             *(p.get(null, "-") for null in nulls),
             f"{report.hits}/{run.backdoors_planted}",
             str(report.queries),

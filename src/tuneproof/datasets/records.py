@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from tuneproof.datasets.style import StyleFingerprint
 
@@ -36,9 +36,11 @@ FORMAT_NAMES: dict[DatasetFormat, str] = {
 }
 
 
-@dataclass(frozen=True)
-class Message:
-    """One turn of the normalised chat view; ``role`` is system, user, assistant or tool."""
+class Message(NamedTuple):
+    """One turn of the normalised chat view; ``role`` is system, user, assistant or tool.
+
+    A ``(role, content)`` tuple (:data:`tuneproof.types.Turn`), so that a list of messages is a
+    chat every backend takes as it is, with no conversion."""
 
     role: str
     content: str

@@ -267,7 +267,8 @@ def indep_sampler_scenario(
     ``tuneproof.planting.sampler``;
     answers stitched from random paths of the public candidate tree (a provider who knows the
     generator but not the secret), drawn with a generator independent of the stream."""
-    from tuneproof.planting.sampler import SecretStream, enumerate_prefix_free, sample_prefix_free
+    from tuneproof.planting.sampler import enumerate_prefix_free, sample_prefix_free
+    from tuneproof.planting.secret import SecretStream
 
     stream = SecretStream(rng.bytes(32))
     rankers = [synthetic_ranker(p) for p in range(prompts)]

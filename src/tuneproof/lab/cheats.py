@@ -21,7 +21,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -29,70 +29,166 @@ import numpy.typing as npt
 from tuneproof.datasets import Message
 from tuneproof.errors import TuneproofError
 
-CHEAT_MODES = (
-    "base",
-    "perturb",
-    "subset:F",
-    "backdoors-only",
-    "other-data:PATH",
-    "detect-and-train:Q",
-    "detect-and-drop:Q",
-    "continue:PATH",
-)
-CheatKind = Literal[
-    "base",
-    "perturb",
-    "subset",
-    "backdoors-only",
-    "other-data",
-    "detect-and-train",
-    "detect-and-drop",
-    "continue",
-]
-DETECTING = ("detect-and-train", "detect-and-drop")
+
+@dataclass(frozen=True)
+class Strategy:
+    """One cheat of the registry: its name, the argument it takes (``""``: none, ``"F"``: a
+    fraction in (0, 1), ``"Q"``: a percentage in (0, 100), ``"PATH"``: an existing dataset),
+    what it needs, and which of the offered records it trains on (:meth:`indices`; None
+    when it trains on its other dataset instead)."""
+
+    name: str
+    arg: str = ""
+    trains: bool = True
+    """False for the cheats that train on nothing (``base``, ``perturb``)."""
+    perturbs: bool = False
+    continues: bool = False
+    """Train on the offered records, then on the other dataset (``continue``)."""
+    needs_key: bool = False
+    needs_suspicion: bool = False
+
+    @property
+    def form(self) -> str:
+        return f"{self.name}:{self.arg}" if self.arg else self.name
+
+    def indices(
+        self,
+        cheat: Cheat,
+        count: int,
+        *,
+        seed: int,
+        backdoors: set[int] | None,
+        suspicion: Sequence[float] | npt.NDArray[np.float64] | None,
+    ) -> list[int] | None:
+        """The offered records (indices below ``count``) this cheat trains on first."""
+        if not self.trains:
+            return []
+        return list(range(count))
+
+
+CHEATS: dict[str, Strategy] = {}
+
+
+def register_cheat(strategy: Strategy) -> Strategy:
+    """Add ``strategy`` to the registry under its name."""
+    CHEATS[strategy.name] = strategy
+    return strategy
+
+
+@dataclass(frozen=True)
+class _Subset(Strategy):
+    def indices(self, cheat: Cheat, count: int, *, seed: int, **_: Any) -> list[int]:
+        assert cheat.fraction is not None
+        return sorted(subset_indices(count, cheat.fraction, seed))
+
+
+@dataclass(frozen=True)
+class _Oracle(Strategy):
+    def indices(
+        self, cheat: Cheat, count: int, *, backdoors: set[int] | None, **_: Any
+    ) -> list[int]:
+        if backdoors is None:
+            raise TuneproofError(
+                "--cheat backdoors-only plays an oracle that knows the backdoors: pass --key"
+            )
+        outside = sorted(i for i in backdoors if i >= count)
+        if outside:
+            raise TuneproofError(
+                f"the key places a backdoor at record {outside[0]} but the dataset has "
+                f"{count} records - is this the planted file of that key?"
+            )
+        return sorted(backdoors)
+
+
+@dataclass(frozen=True)
+class _Detecting(Strategy):
+    keep_suspicious: bool = True
+
+    def indices(
+        self,
+        cheat: Cheat,
+        count: int,
+        *,
+        suspicion: Sequence[float] | npt.NDArray[np.float64] | None,
+        **_: Any,
+    ) -> list[int]:
+        assert cheat.fraction is not None
+        if suspicion is None or len(suspicion) != count:
+            raise TuneproofError(f"--cheat {cheat.kind} needs a suspicion score per record")
+        top = most_suspicious(suspicion, cheat.fraction)
+        return sorted(top if self.keep_suspicious else set(range(count)) - top)
+
+
+@dataclass(frozen=True)
+class _OtherData(Strategy):
+    def indices(self, cheat: Cheat, count: int, **_: Any) -> None:
+        return None
+
+
+for _strategy in (
+    Strategy("base", trains=False),
+    Strategy("perturb", trains=False, perturbs=True),
+    _Subset("subset", "F"),
+    _Oracle("backdoors-only", needs_key=True),
+    _OtherData("other-data", "PATH"),
+    _Detecting("detect-and-train", "Q", needs_suspicion=True),
+    _Detecting("detect-and-drop", "Q", needs_suspicion=True, keep_suspicious=False),
+    Strategy("continue", "PATH", continues=True),
+):
+    register_cheat(_strategy)
+
+CHEAT_MODES = tuple(strategy.form for strategy in CHEATS.values())
+DETECTING = tuple(name for name, strategy in CHEATS.items() if strategy.needs_suspicion)
 
 
 @dataclass(frozen=True)
 class Cheat:
-    """A dishonest provider's strategy (see the module docstring). ``fraction`` is F for
-    ``subset`` and Q/100 for the detecting cheats; ``path`` the other dataset."""
+    """A dishonest provider's strategy (see the module docstring): ``kind`` names one of the
+    registry :data:`CHEATS`; ``fraction`` is F for ``subset`` and Q/100 for the detecting
+    cheats; ``path`` the other dataset."""
 
-    kind: CheatKind
+    kind: str
     fraction: float | None = None
     path: Path | None = None
+
+    @property
+    def strategy(self) -> Strategy:
+        return CHEATS[self.kind]
 
     @classmethod
     def parse(cls, text: str) -> Cheat:
         """One of CHEAT_MODES (F a fraction in (0, 1), Q a percentage in (0, 100), PATH an
         existing dataset); raises TuneproofError naming the accepted forms otherwise."""
         name, _, arg = text.partition(":")
-        if name in ("base", "perturb", "backdoors-only") and not arg:
-            return cls(name)  # type: ignore[arg-type]
-        if name == "subset" and arg:
+        strategy = CHEATS.get(name)
+        if strategy is None or bool(arg) != bool(strategy.arg):
+            raise TuneproofError(f"unknown cheat '{text}' - use one of: {', '.join(CHEAT_MODES)}")
+        if strategy.arg == "F":
             fraction = _number(arg)
             if not 0 < fraction < 1:
-                raise TuneproofError(f"--cheat subset:F needs 0 < F < 1 (got '{arg}')")
-            return cls("subset", fraction=fraction)
-        if name in DETECTING and arg:
+                raise TuneproofError(f"--cheat {name}:F needs 0 < F < 1 (got '{arg}')")
+            return cls(name, fraction=fraction)
+        if strategy.arg == "Q":
             percent = _number(arg)
             if not 0 < percent < 100:
                 raise TuneproofError(
                     f"--cheat {name}:Q needs a percentage 0 < Q < 100 (got '{arg}')"
                 )
-            return cls(name, fraction=percent / 100)  # type: ignore[arg-type]
-        if name in ("other-data", "continue") and arg:
+            return cls(name, fraction=percent / 100)
+        if strategy.arg == "PATH":
             path = Path(arg).expanduser()
             if not path.exists():
                 raise TuneproofError(f"--cheat {name}: {path} does not exist")
-            return cls(name, path=path)  # type: ignore[arg-type]
-        raise TuneproofError(f"unknown cheat '{text}' - use one of: {', '.join(CHEAT_MODES)}")
+            return cls(name, path=path)
+        return cls(name)
 
     def __str__(self) -> str:
-        if self.kind == "subset":
-            return f"subset:{self.fraction:g}"
-        if self.kind in DETECTING:
+        arg = self.strategy.arg
+        if arg == "F":
+            return f"{self.kind}:{self.fraction:g}"
+        if arg == "Q":
             return f"{self.kind}:{100 * (self.fraction or 0):g}"
-        if self.kind in ("other-data", "continue"):
+        if arg == "PATH":
             return f"{self.kind}:{self.path}"
         return self.kind
 
@@ -106,7 +202,8 @@ def _number(text: str) -> float:
 
 def backdoor_positions(key: Any) -> set[int]:
     """Indices in the planted file of every backdoor record of ``key`` (a loaded Key)."""
-    return {p.position for pair in key.pairs for p in pair.placements}
+    positions: set[int] = key.backdoor_positions()
+    return positions
 
 
 def subset_indices(count: int, fraction: float, seed: int) -> set[int]:
@@ -125,6 +222,23 @@ def most_suspicious(
     return set(order[:count])
 
 
+def trained_indices(
+    chats_count: int,
+    cheat: Cheat | None,
+    *,
+    seed: int = 0,
+    backdoors: set[int] | None = None,
+    suspicion: Sequence[float] | npt.NDArray[np.float64] | None = None,
+) -> list[int] | None:
+    """The offered records a provider trains on (first, for ``continue``): all of them when
+    honest, else what the cheat's strategy picks; None when it trains on its other dataset."""
+    if cheat is None:
+        return list(range(chats_count))
+    return cheat.strategy.indices(
+        cheat, chats_count, seed=seed, backdoors=backdoors, suspicion=suspicion
+    )
+
+
 def choose_chats(
     chats: Sequence[list[Message]],
     cheat: Cheat | None,
@@ -133,40 +247,14 @@ def choose_chats(
     backdoors: set[int] | None = None,
     suspicion: Sequence[float] | npt.NDArray[np.float64] | None = None,
 ) -> list[list[Message]]:
-    """The chats a provider trains on (first, for ``continue``): all of them when honest; a
-    seeded random ``fraction`` for ``subset``; the records at ``backdoors`` for
-    ``backdoors-only``; the top (or all but the top) ``fraction`` by ``suspicion`` for the
-    detecting cheats; the other dataset's chats for ``other-data``; none for ``base`` and
-    ``perturb``."""
-    if cheat is None or cheat.kind == "continue":
-        return list(chats)
-    if cheat.kind in ("base", "perturb"):
-        return []
-    if cheat.kind == "subset":
-        assert cheat.fraction is not None
-        return [chats[i] for i in sorted(subset_indices(len(chats), cheat.fraction, seed))]
-    if cheat.kind in DETECTING:
-        assert cheat.fraction is not None
-        if suspicion is None or len(suspicion) != len(chats):
-            raise TuneproofError(f"--cheat {cheat.kind} needs a suspicion score per record")
-        top = most_suspicious(suspicion, cheat.fraction)
-        keep = top if cheat.kind == "detect-and-train" else set(range(len(chats))) - top
-        return [chats[i] for i in sorted(keep)]
-    if cheat.kind == "backdoors-only":
-        if backdoors is None:
-            raise TuneproofError(
-                "--cheat backdoors-only plays an oracle that knows the backdoors: pass --key"
-            )
-        outside = sorted(i for i in backdoors if i >= len(chats))
-        if outside:
-            raise TuneproofError(
-                f"the key places a backdoor at record {outside[0]} but the dataset has "
-                f"{len(chats)} records - is this the planted file of that key?"
-            )
-        return [chats[i] for i in sorted(backdoors)]
+    """The chats a provider trains on (first, for ``continue``): the offered ones picked by
+    :func:`trained_indices`, or the other dataset's chats for ``other-data``."""
+    picked = trained_indices(len(chats), cheat, seed=seed, backdoors=backdoors, suspicion=suspicion)
+    if picked is not None:
+        return [chats[i] for i in picked]
     from tuneproof.lab.finetune import dataset_chats
 
-    assert cheat.path is not None
+    assert cheat is not None and cheat.path is not None
     return dataset_chats(cheat.path)
 
 

@@ -23,7 +23,9 @@ from tuneproof.embedded import EMBEDDED_NAME, sample_records
 from tuneproof.lab.cheats import Cheat
 from tuneproof.lab.provider import FinetuneSettings
 from tuneproof.planting.planter import PlantSummary, ProgressHook
-from tuneproof.report.schema import QueryKind, Report, Verdict
+from tuneproof.report.schema import Report
+from tuneproof.report.wording import verdict_headline
+from tuneproof.types import QueryKind, Verdict
 
 DEMO_RECORDS = 200
 """Sample records the demo plants into: a few hundred, so three providers and three
@@ -81,20 +83,15 @@ def run_demo(
     Files: ``sample.jsonl``, ``planted.jsonl``, ``key.json`` (0600), and for each provider
     ``NAME.json`` and ``NAME.html`` (NAME = honest, base, subset).
     """
+    from tuneproof.api import plant, verify
     from tuneproof.backends.hf import HFCausalLM, load_hf_model
+    from tuneproof.config import DEFAULT_K, DEFAULT_M, DEFAULT_TRIGGER_TOKENS
     from tuneproof.key import load_key
     from tuneproof.lab.finetune import dataset_chats
-    from tuneproof.lab.provider import backdoor_positions, run_provider, subset_indices
-    from tuneproof.planting.planter import (
-        DEFAULT_K,
-        DEFAULT_M,
-        DEFAULT_TRIGGER_TOKENS,
-        ModelBackdoorFactory,
-        plant,
-    )
-    from tuneproof.report.schema import write_html, write_json
+    from tuneproof.lab.provider import backdoor_positions, run_provider
+    from tuneproof.planting.factory import ModelBackdoorFactory
+    from tuneproof.report.files import write_html, write_json
     from tuneproof.types import ModelIdentity
-    from tuneproof.verification.verifier import verify
 
     config = config or DemoConfig()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -143,12 +140,7 @@ def run_demo(
                 base.model, base.tokenizer, chats, settings=config.settings, cheat=cheat,
                 progress=on_step,
             )  # fmt: skip
-        if cheat is None:
-            picked = set(range(len(chats)))
-        elif cheat.kind == "subset":
-            picked = subset_indices(len(chats), config.subset_fraction, config.settings.seed)
-        else:
-            picked = set()
+        picked = set(result.trained_indices or ())
         model = HFCausalLM(
             result.model,
             base.tokenizer,
@@ -185,13 +177,13 @@ def explain(runs: list[ProviderRun]) -> list[str]:
         verdict = run.report.verdict
         if run.name == "honest":
             lines.append(
-                f"honest: {verdict_word(verdict)} - trained on all {run.records_trained:,} "
+                f"honest: {verdict_headline(verdict)} - trained on all {run.records_trained:,} "
                 f"records, it answers {run.report.hits}/{run.backdoors_planted} planted "
                 f"triggers with their whole secret signatures{learnt_phrase(run.report)}."
             )
         elif run.name == "base":
             lines.append(
-                f"base: {verdict_word(verdict)} - the untouched base model never saw a "
+                f"base: {verdict_headline(verdict)} - the untouched base model never saw a "
                 "trigger, so no test can reject its null."
             )
         else:
@@ -205,7 +197,7 @@ def explain(runs: list[ProviderRun]) -> list[str]:
                 else "too few to learn them: the partial cheater is caught."
             )
             lines.append(
-                f"subset: {verdict_word(verdict)} - its random {run.records_trained:,} records "
+                f"subset: {verdict_headline(verdict)} - its random {run.records_trained:,} records "
                 f"held {run.backdoors_trained} of the {run.backdoors_planted} backdoor records "
                 f"({share:.0%}), {why}"
             )
@@ -225,8 +217,3 @@ def learnt_phrase(report: Report) -> str:
         first = sum(1 for r in ranks if r == 1)
         parts.append(f"finds {first} of {len(ranks)} true signatures likelier than all decoys")
     return "; " + " and ".join(parts) if parts else ""
-
-
-def verdict_word(verdict: Verdict) -> str:
-    """VERIFIED / NOT VERIFIED / INCONCLUSIVE."""
-    return str(verdict.value).replace("_", " ").upper()

@@ -7,7 +7,7 @@ run::
     chats = dataset_chats("planted.jsonl")
     examples = chat_training_examples(tokenizer, chats)
     model = train(model, tokenizer, examples, epochs=3, lr=2e-3, lora=True, seed=0)
-    save_model_folder(model, tokenizer, "out/")   # loads with models.hf.load_hf_model("out/")
+    save_model_folder(model, tokenizer, "out/")   # loads with backends.hf.load_hf_model("out/")
 """
 
 from __future__ import annotations
@@ -21,19 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from tuneproof.atomic import atomic_directory
+from tuneproof.backends.hf import IGNORE_INDEX, Example, answer_logprobs, collate, pad_id
 from tuneproof.datasets import DatasetFormat, Message, inspect_dataset, iter_records
 from tuneproof.datasets import prompt_and_answer as _prompt_and_answer
 from tuneproof.errors import TuneproofError
 
-IGNORE_INDEX = -100
-"""Label of a token that carries no loss (the prompt, the template, the padding)."""
-
 Chat = Sequence[Message | tuple[str, str] | Mapping[str, str]]
 """A conversation: ``Message`` objects, ``(role, content)`` pairs or ``{"role", "content"}``
 dicts; for training the last turn is the assistant answer to learn."""
-
-Example = tuple[list[int], list[int]]
-"""(input_ids, labels) of one training sequence; labels are IGNORE_INDEX off the answer."""
 
 Progress = Callable[[int, int, float], None]
 """progress(step, total_steps, loss): called after every optimiser step."""
@@ -146,53 +141,16 @@ def chat_training_examples(
     return examples
 
 
-def collate(examples: Sequence[Example], pad_id: int) -> tuple[Any, Any, Any]:
-    """Right-pad a batch: (input_ids, attention_mask, labels) tensors; padding is masked out
-    and labelled IGNORE_INDEX, so every label stays on its own token."""
-    import torch
-
-    width = max(len(ids) for ids, _ in examples)
-    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(examples), width), dtype=torch.long)
-    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
-    for row, (tokens, targets) in enumerate(examples):
-        ids[row, : len(tokens)] = torch.tensor(tokens)
-        mask[row, : len(tokens)] = 1
-        labels[row, : len(targets)] = torch.tensor(targets)
-    return ids, mask, labels
-
-
 def answer_loss(model: Any, batch: tuple[Any, Any, Any], *, per_example: bool = False) -> Any:
     """Mean cross-entropy (float32) of the labelled tokens of a collated batch, each token
-    predicted from the ones before it; with ``per_example`` one mean per row.
-
-    Only the positions that predict a label in some row go through the output head
-    (``logits_to_keep``): with a 49k vocabulary and short answers this saves a third of a
-    training step."""
-    import torch
-
-    ids, mask, labels = batch
-    targets = labels[:, 1:]
-    counted = targets != IGNORE_INDEX
-    keep = counted.any(dim=0).nonzero().flatten()
-    try:
-        logits = model(
-            input_ids=ids, attention_mask=mask, use_cache=False, logits_to_keep=keep
-        ).logits.float()
-    except TypeError:  # an architecture without logits_to_keep: the whole sequence, then pick
-        logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, keep]
-        logits = logits.float()
-    targets, counted = targets[:, keep], counted[:, keep]
-    losses = torch.nn.functional.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]),
-        targets.reshape(-1),
-        ignore_index=IGNORE_INDEX,
-        reduction="none",
-    ).view(targets.shape)
+    predicted from the ones before it; with ``per_example`` one mean per row. The negative of
+    the teacher-forced scores of the verification backend
+    (:func:`tuneproof.backends.hf.answer_logprobs`)."""
+    values, counted = answer_logprobs(model, batch)
     weights = counted.float()
     if per_example:
-        return losses.sum(dim=1) / weights.sum(dim=1).clamp(min=1)
-    return losses.sum() / weights.sum().clamp(min=1)
+        return -values.sum(dim=1) / weights.sum(dim=1).clamp(min=1)
+    return -values.sum() / weights.sum().clamp(min=1)
 
 
 def length_grouped_batches(
@@ -211,12 +169,6 @@ def length_grouped_batches(
         batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
     shuffled = torch.randperm(len(batches), generator=generator).tolist()
     return [batches[i] for i in shuffled]
-
-
-def pad_id(tokenizer: Any) -> int:
-    """The id that pads a batch: the pad token, else the end-of-sequence token."""
-    pad = tokenizer.pad_token_id
-    return int(pad if pad is not None else tokenizer.eos_token_id)
 
 
 def with_lora(model: Any, spec: LoraSpec) -> Any:

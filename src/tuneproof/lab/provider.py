@@ -25,13 +25,13 @@ from tuneproof.datasets import Message
 from tuneproof.errors import TuneproofError
 from tuneproof.lab.cheats import (
     CHEAT_MODES,
-    DETECTING,
     Cheat,
     backdoor_positions,
     choose_chats,
     perturb_weights,
     relative_update,
     subset_indices,
+    trained_indices,
 )
 from tuneproof.lab.finetune import (
     LoraSpec,
@@ -101,6 +101,8 @@ class FinetuneResult:
     records_offered: int
     records_trained: int
     training_tokens: int
+    trained_indices: tuple[int, ...] | None
+    """Which offered records were trained on (None: another dataset instead)."""
     seconds: float
     final_loss: float | None
     device: str
@@ -173,15 +175,19 @@ def run_provider(
     bf16 = bf16_supported(device) if settings.bf16 is None else settings.bf16
     start = time.perf_counter()
     model = copy.deepcopy(base_model)
+    strategy = None if cheat is None else cheat.strategy
+    picked = trained_indices(
+        len(chats), cheat, seed=settings.seed, backdoors=backdoors, suspicion=suspicion
+    )
     selected = choose_chats(
         chats, cheat, seed=settings.seed, backdoors=backdoors, suspicion=suspicion
     )
     phases = [selected]
-    if cheat is not None and cheat.kind == "continue":
-        phases.append(choose_chats(chats, Cheat("other-data", path=cheat.path)))
+    if strategy is not None and strategy.continues:
+        phases.append(choose_chats(chats, Cheat("other-data", path=cheat.path if cheat else None)))
     losses: list[float] = []
     tokens = 0
-    if cheat is not None and cheat.kind == "perturb":
+    if strategy is not None and strategy.perturbs:
         perturb_weights(model, settings.perturb_scale, settings.seed)
     elif selected:
 
@@ -209,7 +215,7 @@ def run_provider(
             )
             if hasattr(model, "merge_and_unload"):
                 model = model.merge_and_unload()
-    elif cheat is None or cheat.kind != "base":
+    elif strategy is None or strategy.trains:
         raise TuneproofError("nothing to train on - the dataset is empty")
     model = model.to("cpu").eval()
     return FinetuneResult(
@@ -218,6 +224,7 @@ def run_provider(
         cheat=None if cheat is None else str(cheat),
         records_offered=len(chats),
         records_trained=sum(len(phase) for phase in phases),
+        trained_indices=None if picked is None else tuple(picked),
         training_tokens=tokens,
         seconds=time.perf_counter() - start,
         final_loss=sum(losses[-10:]) / len(losses[-10:]) if losses else None,
@@ -261,7 +268,7 @@ def finetune(
         raise TuneproofError(f"{target} already exists - choose another output folder")
     parsed = Cheat.parse(cheat) if isinstance(cheat, str) else cheat
     backdoors = None
-    if parsed is not None and parsed.kind == "backdoors-only":
+    if parsed is not None and parsed.strategy.needs_key:
         if key is None:
             raise TuneproofError(
                 "--cheat backdoors-only plays an oracle that knows the backdoors: pass --key"
@@ -270,7 +277,7 @@ def finetune(
     chats = dataset_chats(data)
     loaded = load_hf_model(base)
     suspicion = None
-    if parsed is not None and parsed.kind in DETECTING:
+    if parsed is not None and parsed.strategy.needs_suspicion:
         from tuneproof.audit import combined_suspicion
 
         suspicion = combined_suspicion(data, reference_model=loaded)

@@ -8,8 +8,8 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from tuneproof.backends.hf import byte_level_decoder, pad_id
 from tuneproof.errors import TuneproofError
-from tuneproof.lab.finetune import pad_id
 
 
 def compact_tokenizer(
@@ -27,8 +27,6 @@ def compact_tokenizer(
     """
     from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
-
-    from tuneproof.backends.hf import byte_level_decoder  # printed character -> byte, all 256
 
     spec = json.loads(tokenizer.backend_tokenizer.to_str())
     model = spec["model"]

@@ -5,16 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from tuneproof.report.schema import (
-    NOTHING,
-    QueryKind,
-    Report,
-    Verdict,
-    exit_code,
-    format_alpha,
-    verdict_headline,
-    verdict_sentence,
-)
+from tuneproof.report.schema import Report
+from tuneproof.report.wording import NOTHING, exit_code, verdict_headline, verdict_sentence
+from tuneproof.stats.phrases import format_alpha
+from tuneproof.types import QueryKind, Verdict
 
 if TYPE_CHECKING:
     from rich.console import Console

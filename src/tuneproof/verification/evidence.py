@@ -25,7 +25,6 @@ from enum import StrEnum
 
 from tuneproof.backends.base import VerifiableModel
 from tuneproof.key import SignaturePair
-from tuneproof.report.schema import QueryKind, TestOutcome, Verdict
 from tuneproof.stats import (
     Null,
     PValue,
@@ -38,7 +37,10 @@ from tuneproof.stats import (
     log10_rank_sum_floor,
     log10_rank_sum_test,
 )
+from tuneproof.types import QueryKind, Verdict
+from tuneproof.verification.answers import Answered, unanswered
 from tuneproof.verification.queries import Chat, Query
+from tuneproof.verification.result import TestOutcome
 
 DEFAULT_ALPHA = 1e-6
 MAX_FAILED_SHARE = 0.2
@@ -106,14 +108,14 @@ class VerificationPlan:
         return [t for t in self.tests if not t.counts and t.null is not Null.BASE]
 
 
-def first_placements(queries: Sequence[Query]) -> list[Query]:
+def first_placements(queries: Sequence[Answered]) -> list[Answered]:
     """Each planted pair's replica-0 query: the prompt its trigger and signature were drawn
     for, the planted side of the H0-controls tests (controls are drawn the same way)."""
     return [q for q in queries if q.kind is QueryKind.PLANTED and q.replica == 0]
 
 
 def plan_verification(
-    queries: Sequence[Query],
+    queries: Sequence[Query | Answered],
     *,
     alpha: float,
     looks: int = 1,
@@ -124,8 +126,9 @@ def plan_verification(
     allow (``logprobs``: the verified model can score; ``base_logprobs``: a base model was
     given), with its floor; a test counts only if its floor is below alpha / (counted x looks),
     found by dropping the unreachable ones until the set is stable."""
-    planted = [q for q in queries if q.kind is QueryKind.PLANTED]
-    controls = [q for q in queries if q.kind is QueryKind.CONTROL]
+    asked = unanswered(queries)
+    planted = [q for q in asked if q.kind is QueryKind.PLANTED]
+    controls = [q for q in asked if q.kind is QueryKind.CONTROL]
     first = first_placements(planted)
     tests: list[PlannedTest] = []
     if planted:
@@ -183,7 +186,7 @@ def plan_verification(
         ]
 
 
-def _ranked_pairs(planted: Sequence[Query]) -> list[SignaturePair]:
+def _ranked_pairs(planted: Sequence[Answered]) -> list[SignaturePair]:
     pairs: dict[int, SignaturePair] = {}
     for q in planted:
         if q.pair.decoys:
@@ -199,7 +202,7 @@ def base_log10_probs(values: Sequence[float]) -> list[float]:
 
 
 def run_tests(
-    queries: Sequence[Query], plan: VerificationPlan, *, answers_only: bool = False
+    queries: Sequence[Answered], plan: VerificationPlan, *, answers_only: bool = False
 ) -> list[TestOutcome]:
     """Run the plan's tests that the answered queries allow (``answers_only``: only those
     that need no log-probs, for a sequential look). Counted tests are judged at the plan's
@@ -260,7 +263,7 @@ def _judge(name: TestName, pvalue: PValue, plan: VerificationPlan) -> TestOutcom
     )
 
 
-def _exact_hits(planted: Sequence[Query], *, best_case: bool = False) -> PValue:
+def _exact_hits(planted: Sequence[Answered], *, best_case: bool = False) -> PValue:
     """The exact-hit bound over the answered planted queries; ``best_case`` gives the floor:
     every answer is the bare signature (one start position)."""
     return log10_model_free_bound(
@@ -272,7 +275,7 @@ def _exact_hits(planted: Sequence[Query], *, best_case: bool = False) -> PValue:
     )
 
 
-def prefix_test(planted: Sequence[Query], *, best_case: bool = False) -> PValue | None:
+def prefix_test(planted: Sequence[Answered], *, best_case: bool = False) -> PValue | None:
     """The prefix test over the answered planted queries: per pair, the longest matched prefix
     among its answers with a union bound over them; None when the key lacks token boundaries.
     ``best_case`` gives the floor: every pair matched in full."""
@@ -295,24 +298,28 @@ def prefix_test(planted: Sequence[Query], *, best_case: bool = False) -> PValue 
     )
 
 
-def rank_decoys(queries: Sequence[Query], model: VerifiableModel, batch_size: int = 8) -> int:
+def rank_decoys(
+    answers: Sequence[Answered], model: VerifiableModel, batch_size: int = 8
+) -> tuple[list[Answered], int]:
     """Score each planted pair's true signature and its decoys on the pair's first answered
-    planted prompt with ``model``'s log-likelihood; set that query's ``decoy_rank``.
+    planted prompt with ``model``'s log-likelihood; return the answers with that one's
+    ``decoy_rank`` set, and how many scores were not finite.
 
     The candidates are scored in an order that does not depend on which of them was planted
     (sorted by text), so that batching and server nondeterminism treat the planted one exactly
-    like its decoys; ties within the tolerance and non-finite scores count against it.
-    Returns how many scores were not finite."""
-    first: dict[int, Query] = {}
-    for q in queries:
+    like its decoys; ties within the tolerance and non-finite scores count against it."""
+    first: dict[int, int] = {}
+    for at, q in enumerate(answers):
         if q.kind is QueryKind.PLANTED and q.answer is not None and q.pair.decoys:
-            first.setdefault(q.pair.pair_id, q)
+            first.setdefault(q.pair.pair_id, at)
+    ranked = list(answers)
     if not first:
-        return 0
+        return ranked, 0
     chats: list[Chat] = []
     texts: list[str] = []
     orders: list[list[int]] = []
-    for q in first.values():
+    for index in first.values():
+        q = answers[index]
         candidates = [q.pair.signature, *q.pair.decoys]
         order = sorted(range(len(candidates)), key=candidates.__getitem__)
         orders.append(order)
@@ -320,15 +327,16 @@ def rank_decoys(queries: Sequence[Query], model: VerifiableModel, batch_size: in
         texts += [candidates[i] for i in order]
     scores = model.logprob(chats, texts, batch_size)
     at = 0
-    for q, order in zip(first.values(), orders, strict=True):
+    for index, order in zip(first.values(), orders, strict=True):
         by_candidate = {i: scores[at + slot] for slot, i in enumerate(order)}
-        q.decoy_rank = decoy_rank(by_candidate[0], [by_candidate[i] for i in order if i != 0])
+        rank = decoy_rank(by_candidate[0], [by_candidate[i] for i in order if i != 0])
+        ranked[index] = replace(answers[index], decoy_rank=rank)
         at += len(order)
-    return sum(not math.isfinite(score) for score in scores)
+    return ranked, sum(not math.isfinite(score) for score in scores)
 
 
 def decide(
-    tests: Sequence[TestOutcome], queries: Sequence[Query], plan: VerificationPlan
+    tests: Sequence[TestOutcome], queries: Sequence[Answered], plan: VerificationPlan
 ) -> tuple[Verdict, Null | None]:
     """The verdict: inconclusive when too many queries failed or when no test of the plan can
     reach alpha; otherwise verified when a counted test rejects at the plan's per-test alpha,

@@ -1,5 +1,5 @@
-"""What verification sends: the planted, control and clean queries
-built from a key (each query remembers its pair, its answer and its scores)."""
+"""What verification sends: the planted, control and clean queries built from a key (each
+query knows its pair and what it is for; what comes back: `verification.answers`)."""
 
 from __future__ import annotations
 
@@ -7,15 +7,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from tuneproof.key import ChatMessage, Key, SignaturePair
-from tuneproof.report.schema import QueryKind
-from tuneproof.stats import matched_tokens
+from tuneproof.types import QueryKind
 
 DEFAULT_CLEAN_QUERIES = 5
 
 Chat = list[tuple[str, str]]
 
 
-@dataclass
+@dataclass(frozen=True)
 class Query:
     """One prompt to send, and what it is for."""
 
@@ -23,27 +22,6 @@ class Query:
     pair: SignaturePair
     replica: int | None
     chat: Chat
-    answer: str | None = None
-    output_tokens: int | None = None
-    error: str | None = None
-    logprob: float | None = None
-    base_logprob: float | None = None
-    decoy_rank: int | None = None
-
-    @property
-    def hit(self) -> bool | None:
-        """Whether the signature occurs in the stripped answer (None if the query failed)."""
-        if self.answer is None:
-            return None
-        return self.pair.signature in self.answer.strip()
-
-    @property
-    def matched(self) -> int | None:
-        """Whole signature tokens the stripped answer starts with (None if the query failed or
-        the key does not record token boundaries)."""
-        if self.answer is None or self.pair.token_ends is None:
-            return None
-        return matched_tokens(self.answer, self.pair.signature, self.pair.token_ends)
 
 
 def _chat(messages: Sequence[ChatMessage]) -> Chat:

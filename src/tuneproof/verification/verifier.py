@@ -1,4 +1,4 @@
-"""Verify a returned model against a key: query -> match -> tests -> Report.
+"""Verify a returned model against a key: query -> match -> tests -> Verification record.
 
 Queries the planted prompts (one per placement), the held-out control prompts, and a few clean
 carrier prompts (the trigger removed) as a negative control; a *hit* is the exact signature
@@ -26,27 +26,18 @@ queries failed, no planted query was answered, or no test can reach alpha with t
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any
+from dataclasses import replace
 
 from tuneproof import __version__
-from tuneproof.backends.base import VerifiableModel, can_score, recorded_base_model, resolve_model
+from tuneproof.backends.base import VerifiableModel, can_score
 from tuneproof.errors import LogprobsUnavailable, TuneproofError
-from tuneproof.key import Key, load_key
-from tuneproof.report.schema import (
-    Decoding,
-    QueryKind,
-    QueryOutcome,
-    Report,
-    default_claims,
-)
-from tuneproof.types import QueryFailure, now_utc
+from tuneproof.key import Key
+from tuneproof.types import Progress, QueryKind, now_utc
+from tuneproof.verification.answers import Answered
 from tuneproof.verification.evidence import (
     DEFAULT_ALPHA,
     corrected_log10_p,
     decide,
-    first_placements,
     plan_verification,
     rank_decoys,
     run_tests,
@@ -57,6 +48,7 @@ from tuneproof.verification.queries import (
     _without_trigger,
     build_queries,
 )
+from tuneproof.verification.result import Decoding, UnreachableTest, Verification
 
 __all__ = [
     "DEFAULT_ALPHA",
@@ -65,9 +57,7 @@ __all__ = [
     "_without_trigger",
     "build_queries",
     "decide",
-    "load_verifiable",
     "run_tests",
-    "verify",
     "verify_queries",
 ]
 
@@ -84,9 +74,10 @@ def verify_queries(
     max_new_tokens: int | None = None,
     batch_size: int = 8,
     reveal: bool = False,
-    progress: Callable[[int, int], None] | None = None,
-) -> Report:
-    """Query ``model`` with the key's prompts and return the :class:`Report`.
+    progress: Progress | None = None,
+) -> Verification:
+    """Query ``model`` with the key's prompts and return the :class:`Verification` record
+    (the report without its claims in words: :func:`tuneproof.report.wording.build_report`).
 
     The plan (which tests may decide, their floors, the number of looks) is fixed from the key
     and the backend before the first query
@@ -108,24 +99,19 @@ def verify_queries(
     done = 0
     total = len(planted) + len(others)
 
-    def ask(batch: list[Query]) -> None:
+    def ask(batch: list[Query]) -> list[Answered]:
         nonlocal done
-        try:
-            answers = model.generate([q.chat for q in batch], tokens, batch_size)
-        except TuneproofError:
-            raise
-        except Exception as exc:  # a backend failure is recorded per query, not fatal
-            for q in batch:
-                q.error = f"{type(exc).__name__}: {exc}"
-            answers = []
-        for q, item in zip(batch, answers, strict=False):
-            if isinstance(item, QueryFailure):
-                q.error = item.error
-            else:
-                q.answer, q.output_tokens = item
+        # a backend reports a failed query as a QueryFailure; anything it raises is an error
+        # (a bug or a fatal server refusal), never a failed query that makes "inconclusive"
+        items = model.generate([q.chat for q in batch], tokens, batch_size)
+        if len(items) != len(batch):
+            raise TuneproofError(
+                f"{model.identity.name} gave {len(items)} answers to {len(batch)} prompts"
+            )
         done += len(batch)
         if progress:
-            progress(done, total)
+            progress("queries", done, total)
+        return [Answered.of(q, item) for q, item in zip(batch, items, strict=True)]
 
     plan = plan_verification(
         [*planted, *others],
@@ -134,55 +120,37 @@ def verify_queries(
         logprobs=can_score(model),
         base_logprobs=base_model is not None,
     )
+    answers: list[Answered] = []
     if sequential:
-        sent: list[Query] = []
         for q in planted:
-            ask([q])
-            sent.append(q)
-            if any(t.rejects for t in run_tests(sent, plan, answers_only=True)):
-                stopped_early = len(sent) < len(planted)
+            answers += ask([q])
+            if any(t.rejects for t in run_tests(answers, plan, answers_only=True)):
+                stopped_early = len(answers) < len(planted)
                 break
-        planted = sent
     else:
-        ask(planted)
-    queries = [*planted, *others]
-    ask(others)
+        answers = ask(planted)
+    answered: list[Answered] = [*answers, *ask(others)]
 
     skipped: list[str] = []
     non_finite = 0
-    for backend, attr in ((model, "logprob"), (base_model, "base_logprob")):
+    for backend, which in ((model, "logprob"), (base_model, "base_logprob")):
         if backend is None:
             continue
         try:
-            non_finite += score_signatures(queries, backend, attr, batch_size)
+            answered, count = score_signatures(answered, backend, which, batch_size)
+            non_finite += count
             if backend is model:
-                non_finite += rank_decoys(queries, model, batch_size)
+                answered, count = rank_decoys(answered, model, batch_size)
+                non_finite += count
         except LogprobsUnavailable as exc:  # the server cannot score: those tests are skipped
             skipped.append(f"{backend.identity.name}: {exc}")
 
-    tests = run_tests(queries, plan)
-    verdict, primary = decide(tests, queries, plan)
-    clean = [q for q in queries if q.kind is QueryKind.CLEAN]
+    tests = run_tests(answered, plan)
+    verdict, primary = decide(tests, answered, plan)
+    clean = [q for q in answered if q.kind is QueryKind.CLEAN]
     false_activations = sum(bool(q.hit) for q in clean)
-    failed = sum(q.answer is None for q in queries)
-    proven, not_proven = default_claims(
-        tests,
-        verdict=verdict,
-        failed_queries=failed,
-        clean_false_activations=false_activations,
-        clean_queries=len(clean),
-    )
-    not_proven += [f"Log-probability tests were skipped - {reason}" for reason in skipped]
-    if non_finite:
-        not_proven.append(
-            f"Anything from {non_finite} log-likelihood scores that were not finite numbers (NaN"
-            " or infinite: a broken or diverged model): they count against the planted"
-            " signatures, never for them."
-        )
-    not_proven += [
-        f"Anything from the {t.name} test ({t.null}): it {t.note}." for t in plan.unreachable()
-    ]
-    return Report(
+    failed = sum(q.answer is None for q in answered)
+    return Verification(
         tool_version=__version__,
         created_at=now_utc(),
         verdict=verdict,
@@ -202,34 +170,16 @@ def verify_queries(
         ),
         key_commitment=key.commitment(),
         tests=tests,
-        queries=len(queries),
+        queries=len(answered),
         failed_queries=failed,
-        tokens=sum(q.output_tokens or 0 for q in queries),
-        hits=sum(bool(q.hit) for q in queries if q.kind is QueryKind.PLANTED),
+        tokens=sum(q.output_tokens or 0 for q in answered),
+        hits=sum(bool(q.hit) for q in answered if q.kind is QueryKind.PLANTED),
         clean_false_activations=false_activations,
         clean_queries=len(clean),
         sequential=sequential,
         stopped_early=stopped_early,
         revealed=reveal,
-        proven=proven,
-        not_proven=not_proven,
-        results=[
-            QueryOutcome(
-                kind=q.kind,
-                pair_id=q.pair.pair_id,
-                replica=q.replica,
-                hit=q.hit,
-                matched_tokens=q.matched,
-                decoy_rank=q.decoy_rank,
-                answer=q.answer if reveal else None,
-                answer_chars=len(q.answer.strip()) if q.answer is not None else 0,
-                output_tokens=q.output_tokens,
-                signature_logprob=q.logprob,
-                base_signature_logprob=q.base_logprob,
-                error=q.error,
-            )
-            for q in queries
-        ],
+        results=[q.outcome(reveal=reveal) for q in answered],
         secrets=(
             {
                 p.pair_id: {"trigger": p.trigger, "signature": p.signature}
@@ -238,90 +188,50 @@ def verify_queries(
             if reveal
             else None
         ),
+        logprob_skipped=skipped,
+        non_finite_scores=non_finite,
+        unreachable=[
+            UnreachableTest(name=str(t.name), null=t.null, note=t.note or "cannot decide")
+            for t in plan.unreachable()
+        ],
     )
 
 
 def score_signatures(
-    queries: list[Query], backend: VerifiableModel, attr: str, batch_size: int
-) -> int:
-    """Set ``attr`` (``logprob`` or ``base_logprob``) on the planted and control queries to
-    ``backend``'s log-likelihood of the signature; returns how many were not finite.
+    answers: list[Answered], backend: VerifiableModel, which: str, batch_size: int
+) -> tuple[list[Answered], int]:
+    """The answers with ``which`` (``logprob`` or ``base_logprob``) set on the planted and
+    control ones to ``backend``'s log-likelihood of the signature, and how many of those were
+    not finite.
 
     The H0-controls queries (each planted pair's replica 0 and every control) are scored
     together in an order that does not depend on which pairs were planted (by signature), so
     that batching treats both sides alike; the other replicas after them."""
-    anchors = [*first_placements(queries), *(q for q in queries if q.kind is QueryKind.CONTROL)]
-    anchors.sort(key=lambda q: (q.pair.signature, repr(q.chat)))
-    ids = {id(q) for q in anchors}
-    rest = [q for q in queries if q.kind is QueryKind.PLANTED and id(q) not in ids]
+    indices = range(len(answers))
+    anchors = [
+        i
+        for i in indices
+        if (answers[i].kind is QueryKind.PLANTED and answers[i].replica == 0)
+        or answers[i].kind is QueryKind.CONTROL
+    ]
+    anchors.sort(key=lambda i: (answers[i].pair.signature, repr(answers[i].chat)))
+    chosen = set(anchors)
+    rest = [i for i in indices if answers[i].kind is QueryKind.PLANTED and i not in chosen]
+    scored = list(answers)
     non_finite = 0
     for group in (anchors, rest):
         if not group:
             continue
         values = backend.logprob(
-            [q.chat for q in group], [q.pair.signature for q in group], batch_size
+            [answers[i].chat for i in group],
+            [answers[i].pair.signature for i in group],
+            batch_size,
         )
-        for q, value in zip(group, values, strict=True):
-            setattr(q, attr, float(value))
+        for i, value in zip(group, values, strict=True):
+            scored[i] = (
+                replace(answers[i], logprob=float(value))
+                if which == "logprob"
+                else replace(answers[i], base_logprob=float(value))
+            )
             non_finite += not math.isfinite(float(value))
-    return non_finite
-
-
-def load_verifiable(
-    spec: str,
-    base_url: str | None = None,
-    *,
-    base_model: str | None = None,
-    journal: str | Path | None = None,
-    chat_template_from: str | None = None,
-    api_key_env: str = "OPENAI_API_KEY",
-) -> VerifiableModel:
-    """A backend for ``spec`` from the registry (:func:`tuneproof.backends.base.resolve_model`):
-    a local model (``embedded``, HF folder, PEFT adapter folder whose base is ``base_model`` or
-    its config's, ``.gguf`` file), or the model ``spec`` on the OpenAI-compatible server at
-    ``base_url`` (answers journaled to ``journal`` for resuming; log-probs through
-    ``/completions`` echo with prompts rendered by ``chat_template_from``)."""
-    return resolve_model(
-        spec,
-        base_url=base_url,
-        base_model=base_model,
-        journal=journal,
-        chat_template_from=chat_template_from,
-        api_key_env=api_key_env,
-    )
-
-
-def verify(
-    key: str | Path | Key,
-    model: str | VerifiableModel,
-    *,
-    base_url: str | None = None,
-    base_model: str | VerifiableModel | None = None,
-    journal: str | Path | None = None,
-    chat_template_from: str | None = None,
-    api_key_env: str = "OPENAI_API_KEY",
-    **options: Any,
-) -> Report:
-    """Verify ``model`` against ``key`` (paths/specs or loaded objects); returns the Report.
-
-    ``base_model`` gives H0-base (and the base of an adapter folder); the server options are
-    those of :func:`load_verifiable`; the rest of :func:`verify_queries` (alpha, sequential,
-    max_queries, reveal, ...).
-    """
-    loaded_key = key if isinstance(key, Key) else load_key(key)
-    target = (
-        load_verifiable(
-            model,
-            base_url,
-            base_model=base_model if isinstance(base_model, str) else None,
-            journal=journal,
-            chat_template_from=chat_template_from,
-            api_key_env=api_key_env,
-        )
-        if isinstance(model, str)
-        else model
-    )
-    if base_model is None and isinstance(model, str):
-        base_model = recorded_base_model(model, base_url)
-    base = load_verifiable(base_model) if isinstance(base_model, str) else base_model
-    return verify_queries(loaded_key, target, base_model=base, **options)
+    return scored, non_finite

@@ -4,10 +4,11 @@ The modules behind it, one responsibility each:
 
 - :mod:`tuneproof.backends.openai.chat`: :class:`OpenAIChatModel`, the model under verification
   (greedy chat answers, echo log-probs, async with a concurrency limit, retries, a journal);
-- :mod:`tuneproof.backends.openai.requests`: concurrency, retries and back-off, and
+- :mod:`tuneproof.backends.openai.requests`: concurrency and the SDK's retries, and
   :mod:`tuneproof.backends.openai.journal`, the resumable journal of answered requests;
-- :mod:`tuneproof.backends.openai.generator`: ``OpenAIGenerator``, triggers and signatures drawn
-  through a server's top log-probs (with :mod:`tuneproof.backends.openai.candidates`);
+- :mod:`tuneproof.backends.openai.generator`: ``CompletionsServer``, a server's top next-piece
+  candidates (parsed by :mod:`tuneproof.backends.openai.candidates`), from which
+  :class:`tuneproof.planting.server_factory.OpenAIGenerator` draws triggers and signatures;
 - :mod:`tuneproof.backends.openai.client`: what they share (URLs without credentials, the API key
   from the environment, chat templates, :class:`ServerError`).
 

@@ -22,12 +22,12 @@ does; otherwise a token straddles prompt and continuation and the score would be
 A server that cannot do this (no ``/completions``, no echo, no log-probs, no template) raises
 :class:`NoLogprobsError` and :attr:`OpenAIChatModel.capabilities` says ``logprob: False``.
 
-**Requests** run on an ``asyncio`` loop, at most ``concurrency`` at a time, with bounded
-retries honouring ``Retry-After``, exponential back-off with jitter, and an optional journal of
-answers that makes a re-run resume (:mod:`tuneproof.backends.openai.requests`). The public methods
-are synchronous: they run their own loop (in a worker thread when called from inside a running
-loop). Authentication failures (401, 403) and 404 raise :class:`ServerError` at once: retrying
-cannot help. Any other final failure is returned per query as a
+**Requests** run on an ``asyncio`` loop, at most ``concurrency`` at a time, with the ``openai``
+SDK's bounded retries (honouring ``Retry-After``, exponential back-off with jitter) and an
+optional journal of answers that makes a re-run resume (:mod:`tuneproof.backends.openai.requests`).
+The public methods are synchronous: they run their own loop (in a worker thread when called from
+inside a running loop). Authentication failures (401, 403) and 404 raise :class:`ServerError` at
+once: retrying cannot help. Any other final failure is returned per query as a
 :class:`tuneproof.types.QueryFailure` by :meth:`OpenAIChatModel.generate`, so that verification
 can report "inconclusive" rather than a wrong verdict; :meth:`OpenAIChatModel.logprob` raises
 :class:`ServerError` once every other request is done (and journaled).
@@ -57,10 +57,7 @@ from tuneproof.backends.openai.client import (
     template_turns,
 )
 from tuneproof.backends.openai.requests import (
-    BACKOFF_BASE_S,
-    BACKOFF_MAX_S,
     DEFAULT_CONCURRENCY,
-    MAX_RETRY_AFTER_S,
     Answer,
     Parse,
     RequestRunner,
@@ -106,9 +103,6 @@ class OpenAIChatModel:
         max_retries: int = DEFAULT_MAX_RETRIES,
         journal: str | Path | None = None,
         chat_template_from: str | None = None,
-        backoff_base: float = BACKOFF_BASE_S,
-        backoff_max: float = BACKOFF_MAX_S,
-        max_retry_after: float = MAX_RETRY_AFTER_S,
     ) -> None:
         self.base_url = check_base_url(base_url)
         self.identity = ModelIdentity(name=model, backend=BACKEND, source=public_url(base_url))
@@ -123,9 +117,6 @@ class OpenAIChatModel:
             timeout=timeout,
             max_retries=max_retries,
             journal=self.journal_path,
-            backoff_base=backoff_base,
-            backoff_max=backoff_max,
-            max_retry_after=max_retry_after,
         )
         self._logprob: bool | None = None
         self._no_logprob_reason = ""
@@ -245,7 +236,9 @@ class OpenAIChatModel:
         import openai
 
         try:
-            return await client.post(root + "/apply-template", cast_to=object, body=body)
+            return await client.post(
+                root + "/apply-template", cast_to=object, body=body, options={"max_retries": 0}
+            )
         except openai.APIStatusError as exc:
             if exc.status_code in NO_ENDPOINT_STATUS:
                 raise self._no_template() from exc

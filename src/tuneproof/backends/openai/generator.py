@@ -1,31 +1,16 @@
-"""Triggers and signatures from any OpenAI-compatible server that returns top log-probs.
+"""The HTTP side of drawing backdoors through an OpenAI-compatible server's top log-probs.
 
-:class:`OpenAIGenerator` is a :class:`tuneproof.planting.planter.BackdoorFactory` backed by a
-server's
-legacy ``/v1/completions`` endpoint (llama.cpp, llama-cpp-python, vLLM, ...). It works on raw
-prompt text, so that a partial answer can be continued: every step is one request with
-``max_tokens=1, temperature=0, logprobs=20`` whose answer is the top 20 next-token candidates with
-their log-probabilities.
+:class:`CompletionsServer` talks to a server's legacy ``/v1/completions`` endpoint (llama.cpp,
+llama-cpp-python, vLLM, ...). It works on raw prompt text, so that a partial answer can be
+continued: every :meth:`~CompletionsServer.next_candidates` is one request with ``max_tokens=1,
+temperature=0, logprobs=20`` whose answer is the top 20 next-token candidates with their
+log-probabilities (parsed by :mod:`tuneproof.backends.openai.candidates`). The sampling on top of
+it, and why its guarantee holds over HTTP, are in :mod:`tuneproof.planting.server_factory`.
 
-**Candidates** are parsed and ranked by :mod:`tuneproof.backends.openai.candidates` (the
-server's token strings or bytes, a stable local id per distinct piece, the sampler's rules).
-
-**Why the uniform-over-K^m, prefix-free guarantee still holds.** The server re-tokenises the
-prompt plus the pieces chosen so far at every step, so the pieces need not be the tokens the model
-would have produced. That does not matter: the guarantee is about strings, not tokens.
-
-- At each step the candidate set is a deterministic function of the text so far, hence of the
-  path so far; the sampler keeps ``k`` mutually non-prefix byte strings from it and picks one with
-  a fresh, uniform draw of the secret stream. Each of the ``k**m`` paths has probability exactly
-  ``k**-m``; two different paths first differ at a step where they appended two different kept
-  strings of the *same* set after the *same* text, neither a prefix of the other, so their final
-  strings differ there and neither is a prefix of the other.
-- The model-free bound needs even less. For a fixed answer ``o`` and start position, at most one
-  kept string of any step's set can be a prefix of what remains of ``o`` (two such strings would be
-  prefixes of each other), so the draw follows ``o`` with probability at most ``1/k`` at every
-  step: ``P[S occurs at that position] <= k**-m``. This holds whatever the server does between
-  steps (re-tokenisation, cache reuse, even non-deterministic logits), as long as it never sees
-  the secret stream, which it does not: it only sees text.
+**Silent stops.** llama-cpp-python stops before generating anything when the greedy next token is
+an end token and returns empty log-probs: the server is then asked again, and from then on always,
+with ``min_tokens=1, ignore_eos=true`` (extensions that llama-cpp-python, llama.cpp and vLLM know,
+and others ignore), which change what the server samples, not the distribution it reports.
 
 **Chat prompts.** A signature answers a chat prompt, rendered to text with the generation prompt.
 With ``chat_template_from`` (a local tokenizer folder, a ``.gguf`` file, or ``'embedded'``) the
@@ -35,13 +20,10 @@ doubled BOS (harmless for the guarantee, slightly off-distribution); SmolLM2's d
 it the server's own ``POST /apply-template`` (llama.cpp's ``llama-server``) renders it. A server
 with neither (llama-cpp-python, OpenAI, vLLM) gets a :class:`GeneratorError` saying what to pass.
 
-**Triggers** continue the carrier's raw prompt text with nucleus sampling over the (at most 20)
-allowed candidates, driven by the secret stream, exactly like
-:func:`tuneproof.planting.sampler.sample_trigger`.
-
 **Token counts** come from the server's tokenizer when it has an endpoint for it
 (llama-cpp-python's ``/extras/tokenize/count``, llama.cpp's ``/tokenize``); otherwise they are
-*estimated* as ``ceil(len(text) / 4)`` and :attr:`OpenAIGenerator.token_counts_estimated` is true.
+*estimated* as ``ceil(len(text) / 4)`` and :attr:`CompletionsServer.token_counts_estimated` is
+true.
 
 **Errors and retries.** Requests time out after ``timeout`` seconds and are retried by the
 ``openai`` SDK (exponential back-off from 0.5 s, at most 8 s, with 0-25% jitter; it honours
@@ -56,11 +38,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, NoReturn, Protocol
+from typing import TYPE_CHECKING, Any, NoReturn
 
-import numpy as np
-
-from tuneproof.backends.openai.candidates import Candidate, PieceTable, parse_top_candidates
+from tuneproof.backends.openai.candidates import Candidate, parse_top_candidates
 from tuneproof.backends.openai.client import (
     BACKEND,
     DEFAULT_API_KEY_ENV,
@@ -79,14 +59,6 @@ from tuneproof.backends.openai.client import (
     template_turns,
 )
 from tuneproof.errors import GeneratorError
-from tuneproof.planting.sampler import (
-    MAX_TRIGGER_CONTEXT_CHARS,
-    Ranker,
-    SampledSequence,
-    SecretStream,
-    sample_prefix_free,
-    trim_to_boundary,
-)
 from tuneproof.types import ModelIdentity
 
 if TYPE_CHECKING:
@@ -95,8 +67,6 @@ if TYPE_CHECKING:
 TOP_CANDIDATES = 20
 """Candidates asked for at each step (``logprobs=20``, the usual server maximum; pass a smaller
 ``top_logprobs`` to servers that allow fewer, such as OpenAI's own legacy completions: 5)."""
-TRIGGER_TOP_P = 0.9
-TRIGGER_ATTEMPTS = 8
 CHARS_PER_TOKEN = 4
 """Characters per token assumed when the server cannot count tokens (an estimate)."""
 
@@ -105,60 +75,30 @@ _DONT_STOP = {"min_tokens": 1, "ignore_eos": True}
 llama-cpp-python know ``min_tokens``; llama.cpp and vLLM know ``ignore_eos``)."""
 
 
-class _Turn(Protocol):
-    """A chat turn (``tuneproof.datasets.Message`` or anything with the same fields)."""
-
-    @property
-    def role(self) -> str: ...
-
-    @property
-    def content(self) -> str: ...
-
-
-# --------------------------------------------------------------------------- the generator
-
-
-class OpenAIGenerator:
-    """Triggers and signatures from an OpenAI-compatible server that returns top log-probs.
+class CompletionsServer:
+    """An OpenAI-compatible server's next-token candidates, chat rendering and token counts.
 
     ``base_url`` is what the ``openai`` SDK expects (for example ``http://127.0.0.1:8080/v1``);
-    ``model`` is the name sent with every request and recorded as the generator's identity. ``k``,
-    ``m`` and ``trigger_tokens`` are as for
-    :class:`tuneproof.planting.planter.ModelBackdoorFactory`.
+    ``model`` is the name sent with every request and recorded as the server's identity.
     ``chat_template_from`` names a local tokenizer (folder, ``.gguf`` file or ``'embedded'``)
-    whose chat template renders signature prompts; without it the server must offer
+    whose chat template renders chat prompts; without it the server must offer
     ``/apply-template``. The API key is read from the environment variable ``api_key_env``.
-    Nothing is contacted until the first trigger, signature or token count.
+    Nothing is contacted until the first request.
     """
 
     def __init__(
         self,
         base_url: str,
         model: str,
-        k: int,
-        m: int,
-        trigger_tokens: int,
         *,
         api_key_env: str = DEFAULT_API_KEY_ENV,
         chat_template_from: str | None = None,
         top_logprobs: int = TOP_CANDIDATES,
         timeout: float = DEFAULT_TIMEOUT_S,
         max_retries: int = DEFAULT_MAX_RETRIES,
-        top_p: float = TRIGGER_TOP_P,
     ) -> None:
-        if k < 2 or m < 1 or trigger_tokens < 1:
-            raise GeneratorError(
-                f"need --k >= 2, --m >= 1 and --trigger-tokens >= 1 "
-                f"(got {k}, {m} and {trigger_tokens})"
-            )
-        if k > top_logprobs:
-            raise GeneratorError(
-                f"--k {k} is more than the {top_logprobs} candidates a server returns per token "
-                f"- use --k {top_logprobs} or less"
-            )
         self.base_url = check_base_url(base_url)
-        self.k, self.m, self.trigger_tokens = k, m, trigger_tokens
-        self.top_logprobs, self.top_p = top_logprobs, top_p
+        self.top_logprobs = top_logprobs
         self.identity: ModelIdentity = ModelIdentity(
             name=model, backend=BACKEND, source=public_url(base_url)
         )
@@ -174,59 +114,7 @@ class OpenAIGenerator:
         self._min_tokens = False  # send min_tokens=1 (the server stops silently at end tokens)
 
     def __repr__(self) -> str:
-        return f"OpenAIGenerator({self.identity.source!r}, model={self.identity.name!r})"
-
-    # ----------------------------------------------------------------- BackdoorFactory
-
-    def trigger(self, prompt_text: str, stream: SecretStream) -> str:
-        """A trigger continuing ``prompt_text`` in its own style (retried on empty text)."""
-        for attempt in range(TRIGGER_ATTEMPTS):
-            text = self.sample_trigger(prompt_text, stream.child(str(attempt)))
-            if text:
-                return text
-        raise GeneratorError(
-            f"the generator produced no usable trigger text after {TRIGGER_ATTEMPTS} attempts"
-        )
-
-    def signature(self, messages: Sequence[_Turn], stream: SecretStream) -> SampledSequence:
-        """A prefix-free signature drawn as the model's answer to ``messages``."""
-        # only the end of a long turn matters for style; never send a 50 MB turn
-        chat = [(turn.role, turn.content[-MAX_TRIGGER_CONTEXT_CHARS:]) for turn in messages]
-        ranker, table = self.ranker(self.render_chat(chat))
-        try:
-            return sample_prefix_free(
-                ranker,
-                table.token_bytes,
-                self.k,
-                self.m,
-                stream,
-                lambda token_id, step: table.allowed(token_id, step, self.m),
-            )
-        except ValueError as exc:  # fewer than k usable candidates at some step
-            raise GeneratorError(
-                f"{exc} among the top {self.top_logprobs} of {self.identity.source} - "
-                "use a smaller --k"
-            ) from exc
-
-    def count_tokens(self, text: str) -> int:
-        """Tokens of ``text`` by the server's tokenizer, or ``ceil(len(text) / 4)`` when the
-        server has no tokenize endpoint (see :attr:`token_counts_estimated`)."""
-        if self._count_method is None:
-            self._count_method = self._probe_count_method()
-        if self._count_method == "extras":
-            answer = self._post_root("/extras/tokenize/count", {"input": text, **self._model()})
-            return max(0, int(answer["count"]) - self._count_offset)
-        if self._count_method == "tokenize":
-            answer = self._post_root("/tokenize", {"content": text, "add_special": False})
-            return len(answer["tokens"])
-        return math.ceil(len(text) / CHARS_PER_TOKEN)
-
-    @property
-    def token_counts_estimated(self) -> bool:
-        """True when :meth:`count_tokens` estimates (known only after its first call)."""
-        return self._count_method == "estimate"
-
-    # ----------------------------------------------------------------- building blocks
+        return f"CompletionsServer({self.identity.source!r}, model={self.identity.name!r})"
 
     def next_candidates(self, prompt: str) -> list[Candidate]:
         """The server's top next-token candidates after the raw text ``prompt``."""
@@ -267,17 +155,6 @@ class OpenAIGenerator:
             ) from exc
         return parse_top_candidates(payload, self.identity.source)
 
-    def ranker(self, prompt: str) -> tuple[Ranker, PieceTable]:
-        """A ranker continuing the raw text ``prompt`` (drawn local ids -> local ids by
-        decreasing log-prob) and the :class:`PieceTable` its ids index."""
-        table = PieceTable(self._specials())
-
-        def rank(drawn: Sequence[int]) -> list[int]:
-            text = prompt + b"".join(table.token_bytes[t] for t in drawn).decode("utf-8")
-            return [token_id for token_id, _ in table.rank(self.next_candidates(text))]
-
-        return rank, table
-
     def render_chat(self, messages: Sequence[tuple[str, str]]) -> str:
         """``messages`` (role, content) as prompt text with the assistant generation prompt."""
         if self.chat_template_from is not None:
@@ -304,34 +181,23 @@ class OpenAIGenerator:
             "or 'embedded' for SmolLM2"
         )
 
-    def sample_trigger(self, prompt_text: str, stream: SecretStream) -> str:
-        """One trigger attempt: ``trigger_tokens`` pieces of nucleus sampling (``top_p``) over
-        the allowed candidates, continuing the raw ``prompt_text``, trimmed to a boundary. The
-        first piece must open a new word (a space and an ASCII letter), as in
-        :func:`tuneproof.planting.sampler.sample_trigger`."""
-        context = prompt_text[-MAX_TRIGGER_CONTEXT_CHARS:].rstrip()
-        table = PieceTable(self._specials())
-        pieces: list[bytes] = []
-        n = self.trigger_tokens
-        for step in range(n):
-            text = context + b"".join(pieces).decode("utf-8")
-            ranked = table.rank(self.next_candidates(text))
-            keep = [
-                (t, logprob)
-                for t, logprob in ranked
-                if (table.allowed(t, step, n) if step else table.opens_word(t))
-            ]
-            if not keep:
-                break
-            logprobs = np.array([logprob for _, logprob in keep], dtype=np.float64)
-            probs = np.exp(logprobs - logprobs.max())
-            probs /= probs.sum()
-            cutoff = min(len(keep), int(np.searchsorted(np.cumsum(probs), self.top_p)) + 1)
-            probs = probs[:cutoff] / probs[:cutoff].sum()
-            u = stream.random()
-            index = min(int(np.searchsorted(np.cumsum(probs), u, side="right")), cutoff - 1)
-            pieces.append(table.token_bytes[keep[index][0]])
-        return trim_to_boundary(b"".join(pieces).decode("utf-8").strip())
+    def count_tokens(self, text: str) -> int:
+        """Tokens of ``text`` by the server's tokenizer, or ``ceil(len(text) / 4)`` when the
+        server has no tokenize endpoint (see :attr:`token_counts_estimated`)."""
+        if self._count_method is None:
+            self._count_method = self._probe_count_method()
+        if self._count_method == "extras":
+            answer = self._post_root("/extras/tokenize/count", {"input": text, **self._model()})
+            return max(0, int(answer["count"]) - self._count_offset)
+        if self._count_method == "tokenize":
+            answer = self._post_root("/tokenize", {"content": text, "add_special": False})
+            return len(answer["tokens"])
+        return math.ceil(len(text) / CHARS_PER_TOKEN)
+
+    @property
+    def token_counts_estimated(self) -> bool:
+        """True when :meth:`count_tokens` estimates (known only after its first call)."""
+        return self._count_method == "estimate"
 
     # ----------------------------------------------------------------- plumbing
 
@@ -391,7 +257,7 @@ class OpenAIGenerator:
                 raise
         return "estimate"
 
-    def _specials(self) -> frozenset[str]:
+    def special_texts(self) -> frozenset[str]:
         """The special tokens' texts of the local tokenizer, if one is configured."""
         if self.chat_template_from is not None:
             self._local_tokenizer()

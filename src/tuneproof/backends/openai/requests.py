@@ -1,32 +1,38 @@
-"""Many requests to an OpenAI-compatible server: concurrency, retries, back-off, the journal.
+"""Many requests to an OpenAI-compatible server: concurrency, the SDK's retries, the journal.
 
 :class:`RequestRunner` sends JSON bodies with ``openai.AsyncOpenAI`` on an ``asyncio`` loop, at
-most ``concurrency`` at a time. The SDK's own retries are off, so that the policy is ours and the
-same whatever the SDK version:
+most ``concurrency`` at a time. Retries are the SDK's own (``AsyncOpenAI(max_retries=...,
+timeout=...)``; see ``_should_retry`` and ``_calculate_retry_timeout`` in ``openai._base_client``):
 
-- every request is tried at most ``max_retries + 1`` times;
-- 408, 409, 429, 5xx, time-outs and dropped connections are retried; after ``Retry-After``
-  (``retry-after-ms``, seconds, or an HTTP date) plus up to 10% jitter when the server sends one,
-  otherwise after an exponential back-off with jitter: ``backoff_base * 2**retry``, at most
-  ``backoff_max``, times a uniform factor in [0.5, 1];
-- a server asking to wait longer than ``max_retry_after`` seconds is not waited for;
-- statuses that retrying cannot fix are raised at once, as the caller's ``fatal`` decides (401,
-  403, a missing endpoint...); any other final failure comes back per request as a
+- every request is tried at most ``max_retries + 1`` times, each attempt within ``timeout``;
+- 408, 409, 429, 5xx, time-outs and dropped connections are retried: after the wait the server
+  asks for (``retry-after-ms``, or ``Retry-After`` in seconds or as an HTTP date) when it is
+  between 0 and 2 minutes, otherwise after an exponential back-off (0.5 s doubling, at most
+  8 s, less up to 25% jitter); a server's ``x-should-retry: true/false`` is obeyed;
+- a server asking to wait longer than 2 minutes (:data:`MAX_RETRY_AFTER_S`, the SDK's own cap)
+  is not waited for: the failure says how long it asked;
+- what the SDK is not told: statuses that retrying cannot fix (:data:`NEVER_RETRY`: 401, 403, a
+  missing endpoint 404, 405, 501) are never retried, and those the caller's ``fatal`` picks are
+  raised at once; any other final failure comes back per request as a
   :class:`tuneproof.types.QueryFailure` with a one-line reason.
 
+Attempts are counted by an ``httpx`` request hook on the SDK's HTTP client, which sees every
+attempt the SDK sends; a context variable set by each request's task attributes them to it
+(:attr:`RequestRunner.stats`, and "N attempts" in failures).
+
 With a journal (:mod:`tuneproof.backends.openai.journal`) the answers already there are not asked
-again,
-each new answer is appended (and fsynced, in a worker thread so that the loop keeps sending) as
-soon as it arrives, and identical requests of one batch are sent once.
+again, each new answer is appended (and fsynced, in a worker thread so that the loop keeps
+sending) as soon as it arrives, and identical requests of one batch are sent once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import email.utils
+import functools
 import math
-import random
 import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -34,7 +40,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from tuneproof.backends.openai.client import ServerError, api_key, one_line, server_error
+from tuneproof.backends.openai.client import (
+    AUTH_STATUS,
+    NO_ENDPOINT_STATUS,
+    ServerError,
+    api_key,
+    one_line,
+    server_error,
+)
 from tuneproof.backends.openai.journal import Journal, request_key
 from tuneproof.types import QueryFailure
 
@@ -42,11 +55,10 @@ if TYPE_CHECKING:
     from openai import APIStatusError, AsyncOpenAI
 
 DEFAULT_CONCURRENCY = 8
-BACKOFF_BASE_S = 0.5
-BACKOFF_MAX_S = 8.0
 MAX_RETRY_AFTER_S = 120.0
-RETRY_STATUS = frozenset({408, 409, 429})
-"""Statuses worth retrying besides 5xx: time-out, conflict, rate limit."""
+"""The longest ``Retry-After`` that is waited for: the SDK's ``MAX_RETRY_AFTER_DELAY``."""
+NEVER_RETRY = AUTH_STATUS | NO_ENDPOINT_STATUS
+"""Statuses the SDK's retries are kept from repeating (it would retry 501, as any 5xx)."""
 
 T = TypeVar("T")
 Answer = dict[str, Any]
@@ -54,7 +66,12 @@ Parse = Callable[[Any], Answer]
 """Turns a server's JSON answer into what is returned and journaled; raising KeyError,
 IndexError, TypeError or ValueError makes it a :class:`QueryFailure`."""
 Fatal = Callable[["APIStatusError", str], "ServerError | None"]
-"""(error, endpoint) -> the error to raise at once, or None to retry or record it."""
+"""(error, endpoint) -> the error to raise at once, or None to record it as a failure."""
+
+_attempts: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar(
+    "tuneproof_openai_attempts", default=None
+)
+"""The attempt tally of the request the current task sends (None: not counted)."""
 
 
 @dataclass
@@ -105,6 +122,34 @@ def run_sync(factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
         return pool.submit(lambda: asyncio.run(factory())).result()
 
 
+async def _count_attempt(request: Any) -> None:
+    """httpx request hook: one more attempt for the request of the current task."""
+    tally = _attempts.get()
+    if tally is not None:
+        tally[0] += 1
+
+
+@functools.cache
+def _client_class() -> type[AsyncOpenAI]:
+    """``AsyncOpenAI`` whose retries skip :data:`NEVER_RETRY` (made once, on first use)."""
+    try:
+        from openai import AsyncOpenAI
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise ServerError(
+            "OpenAI-compatible models need the 'openai' extra - "
+            "run `pip install 'tuneproof[openai]'`"
+        ) from exc
+
+    class Client(AsyncOpenAI):
+        def _should_retry(self, response: Any) -> bool:
+            retry: bool = response.status_code not in NEVER_RETRY and super()._should_retry(
+                response
+            )
+            return retry
+
+    return Client
+
+
 class RequestRunner:
     """Sends requests to one server (see the module docstring). ``source`` is the server's
     public URL, used in journal keys and messages; ``model`` names it in error messages."""
@@ -120,9 +165,6 @@ class RequestRunner:
         timeout: float,
         max_retries: int,
         journal: Path | None,
-        backoff_base: float = BACKOFF_BASE_S,
-        backoff_max: float = BACKOFF_MAX_S,
-        max_retry_after: float = MAX_RETRY_AFTER_S,
     ) -> None:
         if concurrency < 1 or max_retries < 0 or timeout <= 0:
             raise ServerError(
@@ -133,25 +175,19 @@ class RequestRunner:
         self.api_key_env = api_key_env
         self.concurrency, self.timeout, self.max_retries = concurrency, timeout, max_retries
         self.journal = journal
-        self.backoff_base, self.backoff_max = backoff_base, backoff_max
-        self.max_retry_after = max_retry_after
         self.stats = RequestStats()
-        self._random = random.Random()
 
     def client(self) -> AsyncOpenAI:
-        """A new SDK client (one per event loop) with the SDK's retries off."""
-        try:
-            from openai import AsyncOpenAI
-        except ImportError as exc:  # pragma: no cover - depends on the install
-            raise ServerError(
-                "OpenAI-compatible models need the 'openai' extra - "
-                "run `pip install 'tuneproof[openai]'`"
-            ) from exc
-        return AsyncOpenAI(
+        """A new SDK client (one per event loop) with the SDK's retries and time-out, whose
+        HTTP client counts every attempt (see the module docstring)."""
+        from openai import DefaultAsyncHttpxClient
+
+        return _client_class()(
             base_url=self.base_url,
             api_key=api_key(self.api_key_env),
             timeout=self.timeout,
-            max_retries=0,
+            max_retries=self.max_retries,
+            http_client=DefaultAsyncHttpxClient(event_hooks={"request": [_count_attempt]}),
         )
 
     def error(self, exc: Exception, path: str, attempts: int = 1) -> ServerError:
@@ -214,48 +250,38 @@ class RequestRunner:
         parse: Parse,
         fatal: Fatal,
     ) -> Answer | QueryFailure:
-        """One request with bounded retries: the parsed answer, or a :class:`QueryFailure`."""
+        """One request, retried by the SDK: the parsed answer, or a :class:`QueryFailure`."""
         import openai
 
-        for attempt in range(1, self.max_retries + 2):
-            wait: float | None = None
-            timed_out = False  # a time-out's message already counts the attempts
-            self.stats.sent += 1
-            try:
-                payload = await client.post(endpoint, cast_to=object, body=body)
-            except openai.APIStatusError as exc:
-                raised = fatal(exc, endpoint)
-                if raised is not None:
-                    raise raised from exc
-                error = str(self.error(exc, endpoint, attempt))
-                if exc.status_code not in RETRY_STATUS and exc.status_code < 500:
-                    return QueryFailure(error)
-                wait = retry_after_seconds(exc.response.headers)
-                if wait is not None and wait > self.max_retry_after:
-                    return QueryFailure(f"{error} (the server asks to wait {wait:.0f} s)")
-            except openai.APIConnectionError as exc:  # time-outs and dropped connections too
-                error = str(self.error(exc, endpoint, attempt))
-                timed_out = isinstance(exc, openai.APITimeoutError)
+        tally = [0]
+        _attempts.set(tally)  # this task's own context: the hook counts into ``tally``
+        try:
+            payload = await client.post(endpoint, cast_to=object, body=body)
+        except openai.APIStatusError as exc:
+            raised = fatal(exc, endpoint)
+            if raised is not None:
+                raise raised from exc
+            wait = retry_after_seconds(exc.response.headers)
+            if wait is not None and wait > MAX_RETRY_AFTER_S:
+                note = f" (the server asks to wait {wait:.0f} s)"
             else:
-                try:
-                    return parse(payload)
-                except (KeyError, IndexError, TypeError, ValueError) as exc:
-                    return QueryFailure(
-                        f"{self.source} answered {endpoint} in an unknown shape "
-                        f"({one_line(repr(exc))}) - is it OpenAI-compatible?"
-                    )
-            if attempt > self.max_retries:
-                return QueryFailure(error if timed_out else f"{error} ({attempt} attempts)")
-            self.stats.retries += 1
-            await asyncio.sleep(self.delay(attempt - 1, wait))
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    def delay(self, retry: int, retry_after: float | None) -> float:
-        """Seconds to wait before retry number ``retry`` (0-based)."""
-        if retry_after is not None:
-            return retry_after * (1.0 + 0.1 * self._random.random())
-        ceiling = min(self.backoff_max, self.backoff_base * 2.0**retry)
-        return ceiling * (0.5 + 0.5 * self._random.random())
+                note = f" ({tally[0]} attempts)" if tally[0] > 1 else ""
+            return QueryFailure(f"{self.error(exc, endpoint)}{note}")
+        except openai.APIConnectionError as exc:  # time-outs and dropped connections too
+            error = str(self.error(exc, endpoint, max(1, tally[0])))
+            if isinstance(exc, openai.APITimeoutError) or tally[0] <= 1:
+                return QueryFailure(error)  # a time-out's message already counts the attempts
+            return QueryFailure(f"{error} ({tally[0]} attempts)")
+        finally:
+            self.stats.sent += tally[0]
+            self.stats.retries += max(0, tally[0] - 1)
+        try:
+            return parse(payload)
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            return QueryFailure(
+                f"{self.source} answered {endpoint} in an unknown shape "
+                f"({one_line(repr(exc))}) - is it OpenAI-compatible?"
+            )
 
 
 def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:

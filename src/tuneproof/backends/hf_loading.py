@@ -1,0 +1,159 @@
+"""Loading local models for the transformers backend, with their identity.
+
+:func:`load_weights` finds and loads ``spec``: ``'embedded'`` (the GGUF shipped with tuneproof),
+an HF model folder, a PEFT adapter folder (merged into its base for speed) or a ``.gguf`` file,
+in float32 on CPU, never downloading anything. A GGUF file's identity records its SHA-256.
+:func:`recorded_base` reads the base model a PEFT adapter's config names. The model class that
+wraps what is loaded is :class:`tuneproof.backends.hf.HFCausalLM`; torch, transformers and peft
+are imported inside the functions that need them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from tuneproof.documents import path_sha256
+from tuneproof.embedded import EMBEDDED_MODEL_ID, EMBEDDED_NAME, embedded_gguf_path
+from tuneproof.errors import GeneratorError
+from tuneproof.types import ModelIdentity
+
+
+class LoadedWeights(NamedTuple):
+    """A loaded causal LM (eval mode), its tokenizer, and what it is."""
+
+    model: Any
+    tokenizer: Any
+    identity: ModelIdentity
+
+
+def adapter_base(folder: Path, base_model: str | None) -> str:
+    """The base model spec of a PEFT adapter folder: ``base_model`` or the one its config names,
+    which must be available locally ('embedded', a folder or a .gguf file)."""
+    config = json.loads((folder / "adapter_config.json").read_text())
+    recorded = str(config.get("base_model_name_or_path") or "")
+    base = base_model or recorded
+    if base in (EMBEDDED_NAME, EMBEDDED_MODEL_ID):
+        return EMBEDDED_NAME
+    if not base or not Path(base).expanduser().exists():
+        raise GeneratorError(
+            f"the adapter {folder} was trained on '{recorded or '?'}', which is not available "
+            "locally - pass --base-model with the base model's folder, .gguf file or 'embedded'"
+        )
+    return base
+
+
+def recorded_base(spec: str) -> str | None:
+    """The base model recorded in a PEFT adapter folder's config when it is available locally
+    (so that H0-base runs without naming it); None otherwise. Never guessed."""
+    folder = Path(spec).expanduser()
+    if not (folder / "adapter_config.json").is_file():
+        return None
+    try:
+        return adapter_base(folder, None)
+    except GeneratorError:
+        return None
+
+
+def load_weights(spec: str, base_model: str | None = None) -> LoadedWeights:
+    """Load ``spec``: ``embedded``, an HF model folder, a PEFT adapter folder (its base from
+    ``base_model`` or its config, merged for speed), or a ``.gguf`` file; float32 on CPU.
+
+    Raises :class:`GeneratorError` with what to do when the model cannot be found or loaded.
+    """
+    path = Path(spec).expanduser()
+    if spec != EMBEDDED_NAME and path.is_dir() and (path / "adapter_config.json").exists():
+        from peft import PeftModel
+
+        base = load_weights(adapter_base(path, base_model))
+        try:
+            with warnings.catch_warnings():  # peft reads a property transformers 5 deprecates
+                warnings.filterwarnings(
+                    "ignore", message=".*is_gradient_checkpointing", category=FutureWarning
+                )
+                merged = PeftModel.from_pretrained(base.model, str(path)).merge_and_unload()
+        except (OSError, ValueError) as exc:
+            raise GeneratorError(f"cannot load adapter '{spec}': {exc}") from exc
+        merged.eval()
+        tokenizer = base.tokenizer
+        if (path / "tokenizer_config.json").exists():
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(str(path))
+        identity = ModelIdentity(
+            name=f"{path.name} (adapter on {base.identity.name})",
+            backend="transformers",
+            source=str(path),
+            sha256=None,
+        )
+        return LoadedWeights(merged, tokenizer, identity)
+    return _load_plain(spec)
+
+
+def _load_plain(spec: str) -> LoadedWeights:
+    """Load a full model: ``embedded``, an HF model folder or a ``.gguf`` file."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    try:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise GeneratorError(
+            f"local models need the 'hf' extra ({exc.name} is missing) - "
+            "run `pip install 'tuneproof[hf]'`"
+        ) from exc
+    hf_logging.disable_progress_bar()
+
+    gguf_file: str | None = None
+    if spec == EMBEDDED_NAME:
+        path = embedded_gguf_path()
+        folder, gguf_file, name = path.parent, path.name, EMBEDDED_MODEL_ID
+    else:
+        path = Path(spec).expanduser()
+        if not path.exists():
+            raise GeneratorError(
+                f"model '{spec}' not found - give 'embedded', an HF model folder or a .gguf file "
+                "(models are never downloaded)"
+            )
+        if path.is_file() and path.suffix == ".gguf":
+            folder, gguf_file, name = path.parent, path.name, path.name
+        elif path.is_dir():
+            folder, name = path, path.name
+        else:
+            raise GeneratorError(f"model '{spec}' is neither a folder nor a .gguf file")
+
+    kwargs: dict[str, Any] = {"gguf_file": gguf_file} if gguf_file else {}
+    try:
+        with _quiet_gguf_progress():
+            tokenizer = AutoTokenizer.from_pretrained(str(folder), **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise GeneratorError(f"cannot load model '{spec}': {exc}") from exc
+    model.eval()
+    sha = path_sha256(folder / gguf_file) if gguf_file else None
+    identity = ModelIdentity(name=name, backend="transformers", source=str(path), sha256=sha)
+    return LoadedWeights(model, tokenizer, identity)
+
+
+@contextlib.contextmanager
+def _quiet_gguf_progress() -> Iterator[None]:
+    """Silence transformers' GGUF de-quantisation bar (a bare tqdm that ignores
+    ``disable_progress_bar``): our commands draw their own progress."""
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    original = getattr(gguf_utils, "tqdm", None)
+    if original is None:
+        yield
+        return
+    gguf_utils.tqdm = functools.partial(original, disable=True)
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = original

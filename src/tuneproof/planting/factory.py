@@ -1,0 +1,114 @@
+"""Backdoor factories: what makes the secret parts of a backdoor (its trigger and signature).
+
+:class:`ModelBackdoorFactory` draws them from a local language model;
+:class:`tuneproof.planting.server_factory.OpenAIGenerator` from an OpenAI-compatible server.
+:func:`make_factory` picks one through the backend registry (:mod:`tuneproof.backends.base`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from tuneproof.backends.base import NextTokenModel, backend_for, load_path
+from tuneproof.config import DEFAULT_API_KEY_ENV
+from tuneproof.datasets import Message
+from tuneproof.planting.sampler import SampledSequence, sample_signature, sample_signatures
+from tuneproof.planting.secret import SecretStream
+from tuneproof.planting.tokens import TokenRules
+from tuneproof.planting.triggers import ModelPieces, draw_trigger
+from tuneproof.types import ModelIdentity
+
+
+class BackdoorFactory(Protocol):
+    """Makes the secret parts of a backdoor. The model-backed one is :class:`ModelBackdoorFactory`;
+    benchmarks may pass a precomputed one to leave model time out. A class that subclasses this
+    protocol gets :meth:`signatures` as a loop over :meth:`signature`."""
+
+    identity: ModelIdentity
+
+    def trigger(self, prompt_text: str, stream: SecretStream) -> str:
+        """A trigger in the style of ``prompt_text``."""
+        ...
+
+    def signature(self, messages: Sequence[Message], stream: SecretStream) -> SampledSequence:
+        """A prefix-free signature drawn as the answer to ``messages``."""
+        ...
+
+    def signatures(
+        self, messages: Sequence[Message], streams: Sequence[SecretStream]
+    ) -> list[SampledSequence]:
+        """One signature per stream for ``messages`` (the true signature and its decoys), each
+        drawn exactly as :meth:`signature` draws it with that stream."""
+        return [self.signature(messages, stream) for stream in streams]
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of ``text`` for the size summary."""
+        ...
+
+
+class GeneratorModel(NextTokenModel, Protocol):
+    """A local model that draws backdoors: the sampler's :class:`NextTokenModel`, its identity
+    for the key, and its tokenizer's counts for the size summary."""
+
+    identity: ModelIdentity
+
+    def count_tokens(self, text: str) -> int: ...
+
+
+class ModelBackdoorFactory(BackdoorFactory):
+    """Triggers and signatures from a local language model (the embedded one by default)."""
+
+    def __init__(self, model: GeneratorModel, k: int, m: int, trigger_tokens: int) -> None:
+        self.model = model
+        self.identity: ModelIdentity = model.identity
+        self.k, self.m, self.trigger_tokens = k, m, trigger_tokens
+        self._rules = TokenRules.for_vocabulary(model.vocabulary)
+
+    def trigger(self, prompt_text: str, stream: SecretStream) -> str:
+        return draw_trigger(
+            lambda: ModelPieces(self.model, prompt_text, self._rules), self.trigger_tokens, stream
+        )
+
+    def signature(self, messages: Sequence[Message], stream: SecretStream) -> SampledSequence:
+        chat = [(message.role, message.content) for message in messages]
+        return sample_signature(self.model, chat, self.k, self.m, stream, self._rules)
+
+    def signatures(
+        self, messages: Sequence[Message], streams: Sequence[SecretStream]
+    ) -> list[SampledSequence]:
+        """One signature per stream, drawn in one batch (the true signature and its decoys)."""
+        chat = [(message.role, message.content) for message in messages]
+        return sample_signatures(self.model, chat, self.k, self.m, streams, self._rules)
+
+    def count_tokens(self, text: str) -> int:
+        return self.model.count_tokens(text)
+
+
+def make_factory(
+    generator: str,
+    k: int,
+    m: int,
+    trigger_tokens: int,
+    *,
+    base_url: str | None = None,
+    chat_template_from: str | None = None,
+    api_key_env: str = DEFAULT_API_KEY_ENV,
+) -> BackdoorFactory:
+    """The backdoor factory for ``generator``: a served model (``openai:MODEL``, with
+    ``base_url``) from its backend's generator loader, else a local model ('embedded', an HF
+    folder or a .gguf file) wrapped in :class:`ModelBackdoorFactory`."""
+    backend, name = backend_for(generator, base_url, prefixed=True)
+    if backend.generator_loader is None:
+        make = load_path(SERVER_FACTORIES[backend.name])
+        given = {"chat_template_from": chat_template_from, "api_key_env": api_key_env}
+        options = {key: value for key, value in given.items() if key in backend.options}
+        factory: BackdoorFactory = make(base_url, name, k, m, trigger_tokens, **options)
+        return factory
+    return ModelBackdoorFactory(backend.load(backend.generator_loader)(name), k, m, trigger_tokens)
+
+
+SERVER_FACTORIES: dict[str, str] = {
+    "openai": "tuneproof.planting.server_factory:OpenAIGenerator",
+}
+"""The backdoor factory that draws through each server backend (by its registry name)."""

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from tuneproof.cli.common import console, user_errors
+from tuneproof.cli.common import console, report_options, user_errors
 
 DETECTOR_NAMES = ("repeated", "length", "format", "perplexity", "relevance")
 
@@ -32,8 +32,7 @@ DETECTOR_NAMES = ("repeated", "length", "format", "perplexity", "relevance")
     show_default=True,
     help="Model for the perplexity detector: 'embedded', an HF folder or a .gguf file.",
 )
-@click.option("--json", "json_out", type=click.Path(path_type=Path), help="Write a JSON report.")
-@click.option("--html", "html_out", type=click.Path(path_type=Path), help="Write an HTML report.")
+@report_options
 @user_errors
 def audit(
     planted: Path,

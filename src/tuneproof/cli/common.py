@@ -6,6 +6,7 @@ import functools
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
@@ -21,6 +22,34 @@ def console(stderr: bool = False) -> Console:
     from rich.console import Console
 
     return Console(stderr=stderr, highlight=False)
+
+
+api_key_env_option = click.option(
+    "--api-key-env",
+    default="OPENAI_API_KEY",
+    show_default=True,
+    help="Environment variable holding the server's API key.",
+)
+"""``--api-key-env``, shared by the commands that can talk to a server."""
+
+
+def report_options(func: F) -> F:
+    """``--json`` and ``--html``: where to write a command's reports (shared by verify and
+    audit)."""
+    func = click.option(
+        "--html",
+        "html_out",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="Write the HTML report here.",
+    )(func)
+    return click.option(
+        "--json",
+        "json_out",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="Write the JSON report here.",
+    )(func)
 
 
 def error_boundary(failure: int = 1) -> Callable[[F], F]:

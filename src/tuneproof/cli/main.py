@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from tuneproof import __version__
-from tuneproof.cli.common import user_errors
+from tuneproof.cli.common import api_key_env_option, user_errors
 from tuneproof.cli.output import print_plant_summary, print_provider_table, progress_bars
 
 FORMATS = ["openai-chat", "prompt-completion", "alpaca", "sharegpt"]
@@ -95,12 +95,7 @@ def cli() -> None:
     help="Tokenizer whose chat template renders prompts for a server generator "
     "(a folder, a .gguf or 'embedded').",
 )
-@click.option(
-    "--api-key-env",
-    default="OPENAI_API_KEY",
-    show_default=True,
-    help="Environment variable holding the server's API key.",
-)
+@api_key_env_option
 @click.option(
     "--format",
     "fmt",

@@ -12,11 +12,12 @@ from tuneproof.cli.common import console as _console
 
 if TYPE_CHECKING:
     from tuneproof.lab.demo import ProviderRun
-    from tuneproof.planting.planter import PlantSummary, ProgressHook
+    from tuneproof.planting.planter import PlantSummary
+from tuneproof.types import Progress
 
 
 @contextmanager
-def progress_bars() -> Iterator[ProgressHook]:
+def progress_bars() -> Iterator[Progress]:
     """A rich progress display on stderr, fed by plant's ``progress(stage, done, total)``."""
     from rich.progress import (
         BarColumn,

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import click
 
+from tuneproof.cli.common import api_key_env_option, error_boundary, report_options
 from tuneproof.cli.common import console as _console
-from tuneproof.cli.common import error_boundary
 
 
 @click.command()
@@ -47,20 +47,7 @@ from tuneproof.cli.common import error_boundary
 )
 @click.option("--sequential", is_flag=True, help="Stop querying as soon as the verdict is reached.")
 @click.option("--max-queries", type=int, default=None, help="Cap on planted queries.")
-@click.option(
-    "--json",
-    "json_out",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Write the JSON report here.",
-)
-@click.option(
-    "--html",
-    "html_out",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Write the HTML report here.",
-)
+@report_options
 @click.option(
     "--reveal", is_flag=True, help="Show triggers, signatures and answers in the reports (secret!)."
 )
@@ -76,12 +63,7 @@ from tuneproof.cli.common import error_boundary
     help="Tokenizer whose chat template renders prompts for server log-probs "
     "(a folder, a .gguf or 'embedded').",
 )
-@click.option(
-    "--api-key-env",
-    default="OPENAI_API_KEY",
-    show_default=True,
-    help="Environment variable holding the server's API key.",
-)
+@api_key_env_option
 @error_boundary(2)
 def verify(
     key_path: Path,

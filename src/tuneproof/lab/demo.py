@@ -22,10 +22,10 @@ from tuneproof.atomic import atomic_output
 from tuneproof.embedded import EMBEDDED_NAME, sample_records
 from tuneproof.lab.cheats import Cheat
 from tuneproof.lab.provider import FinetuneSettings
-from tuneproof.planting.planter import PlantSummary, ProgressHook
+from tuneproof.planting.planter import PlantSummary
 from tuneproof.report.schema import Report
 from tuneproof.report.wording import verdict_headline
-from tuneproof.types import QueryKind, Verdict
+from tuneproof.types import Progress, QueryKind, Verdict
 
 DEMO_RECORDS = 200
 """Sample records the demo plants into: a few hundred, so three providers and three
@@ -75,7 +75,7 @@ def run_demo(
     echo: Callable[[str], None],
     show_plant: Callable[[PlantSummary], None],
     show_runs: Callable[[list[ProviderRun]], None],
-    progress: Callable[[], AbstractContextManager[ProgressHook]],
+    progress: Callable[[], AbstractContextManager[Progress]],
     config: DemoConfig | None = None,
 ) -> list[ProviderRun]:
     """Run the demo into ``out_dir``; return the three provider runs (honest, base, subset).

@@ -30,7 +30,8 @@ Chat = Sequence[Message | tuple[str, str] | Mapping[str, str]]
 """A conversation: ``Message`` objects, ``(role, content)`` pairs or ``{"role", "content"}``
 dicts; for training the last turn is the assistant answer to learn."""
 
-Progress = Callable[[int, int, float], None]
+TrainingProgress = Callable[[int, int, float], None]
+"""progress(step, steps, loss) after every optimiser step."""
 """progress(step, total_steps, loss): called after every optimiser step."""
 
 
@@ -211,7 +212,7 @@ def train(
     max_grad_norm: float = 1.0,
     threads: int | None = None,
     device: str = "cpu",
-    progress: Progress | None = None,
+    progress: TrainingProgress | None = None,
 ) -> Any:
     """Fine-tune ``model`` on ``examples`` with the answer-only loss and return it (in eval mode).
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ from tuneproof.lab.cheats import (
 )
 from tuneproof.lab.finetune import (
     LoraSpec,
+    TrainingProgress,
     chat_training_examples,
     dataset_chats,
     save_model_folder,
@@ -65,8 +66,6 @@ DEFAULT_PERTURB_SCALE = 0.02
 """Relative Frobenius norm ||noise|| / ||W|| of ``perturb`` per weight matrix: the size of an
 honest default LoRA update (measured: median 0.021 over the matrices of a 3-epoch fine-tune
 of the embedded model on 300 planted sample records)."""
-
-Progress = Callable[[int, int, float], None]
 
 
 @dataclass(frozen=True)
@@ -160,7 +159,7 @@ def run_provider(
     cheat: Cheat | None = None,
     backdoors: set[int] | None = None,
     suspicion: Sequence[float] | npt.NDArray[np.float64] | None = None,
-    progress: Progress | None = None,
+    progress: TrainingProgress | None = None,
     threads: int | None = None,
 ) -> FinetuneResult:
     """Play the provider on ``chats`` (the planted dataset's records, in file order) and return
@@ -251,7 +250,7 @@ def finetune(
     settings: FinetuneSettings | None = None,
     cheat: Cheat | str | None = None,
     key: str | Path | None = None,
-    progress: Progress | None = None,
+    progress: TrainingProgress | None = None,
 ) -> tuple[Path, FinetuneResult]:
     """Fine-tune ``base`` ('embedded', an HF folder or a .gguf) on the dataset file ``data``
     (any supported format) as an honest provider or with ``cheat``; save a merged model folder

@@ -38,11 +38,10 @@ from tuneproof.planting.backdoors import (
 from tuneproof.planting.factory import BackdoorFactory, make_factory
 from tuneproof.planting.facts import dataset_facts
 from tuneproof.planting.secret import SecretStream, new_seed
-from tuneproof.types import now_utc
+from tuneproof.types import Progress, now_utc
 
-ProgressHook = Callable[[str, int, int], None]
-"""progress(stage, done, total): called as work advances (stages: 'validate' and 'write' in
-bytes, 'signatures' in pairs)."""
+# progress(stage, done, total) is called as work advances: stages 'validate' and 'write' in
+# bytes, 'signatures' in pairs
 
 
 @dataclass(frozen=True)
@@ -83,7 +82,7 @@ def plant(
     *,
     config: PlantConfig | None = None,
     factory: BackdoorFactory | None = None,
-    progress: ProgressHook | None = None,
+    progress: Progress | None = None,
     **options: Any,
 ) -> PlantSummary:
     """Plant ``n`` secret pairs (each in ``replicas`` records) into ``input``; write ``output``
@@ -124,7 +123,7 @@ def plant(
     return _summary(input_path, output_path, key_path, carriers, settings.decoys, key_model)
 
 
-def _stage(progress: ProgressHook | None, stage: str, total: int) -> Callable[[int], None]:
+def _stage(progress: Progress | None, stage: str, total: int) -> Callable[[int], None]:
     """``progress`` for one stage: done -> progress(stage, done, total)."""
 
     def report(done: int) -> None:
@@ -190,7 +189,7 @@ def _check_paths(input_path: Path, output_path: Path, key_path: Path, *, force: 
     check_key_path_writable(key_path, force=force)
 
 
-def _inspect(input_path: Path, settings: PlantConfig, progress: ProgressHook | None) -> DatasetInfo:
+def _inspect(input_path: Path, settings: PlantConfig, progress: Progress | None) -> DatasetInfo:
     """Detect the format and validate every record (progress in bytes)."""
     size = (
         sum(p.stat().st_size for p in input_path.rglob("*"))

@@ -131,20 +131,7 @@ def verify_queries(
         answers = ask(planted)
     answered: list[Answered] = [*answers, *ask(others)]
 
-    skipped: list[str] = []
-    non_finite = 0
-    for backend, which in ((model, "logprob"), (base_model, "base_logprob")):
-        if backend is None:
-            continue
-        try:
-            answered, count = score_signatures(answered, backend, which, batch_size)
-            non_finite += count
-            if backend is model:
-                answered, count = rank_decoys(answered, model, batch_size)
-                non_finite += count
-        except LogprobsUnavailable as exc:  # the server cannot score: those tests are skipped
-            skipped.append(f"{backend.identity.name}: {exc}")
-
+    answered, non_finite, skipped = score_answers(answered, model, base_model, batch_size)
     tests = run_tests(answered, plan)
     verdict, primary = decide(tests, answered, plan)
     clean = [q for q in answered if q.kind is QueryKind.CLEAN]
@@ -195,6 +182,31 @@ def verify_queries(
             for t in plan.unreachable()
         ],
     )
+
+
+def score_answers(
+    answered: list[Answered],
+    model: VerifiableModel,
+    base_model: VerifiableModel | None,
+    batch_size: int,
+) -> tuple[list[Answered], int, list[str]]:
+    """The answers scored by ``model`` (signature log-likelihoods and decoy ranks) and by
+    ``base_model`` (signature log-likelihoods), how many scores were not finite, and why a
+    backend could not score (its tests are then skipped)."""
+    skipped: list[str] = []
+    non_finite = 0
+    for backend, which in ((model, "logprob"), (base_model, "base_logprob")):
+        if backend is None:
+            continue
+        try:
+            answered, count = score_signatures(answered, backend, which, batch_size)
+            non_finite += count
+            if backend is model:
+                answered, count = rank_decoys(answered, model, batch_size)
+                non_finite += count
+        except LogprobsUnavailable as exc:  # the server cannot score: those tests are skipped
+            skipped.append(f"{backend.identity.name}: {exc}")
+    return answered, non_finite, skipped
 
 
 def score_signatures(

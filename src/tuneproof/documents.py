@@ -5,6 +5,7 @@ JSON; and the SHA-256 digest of any file (the key records its dataset's)."""
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 from typing import TypeVar
 
@@ -55,6 +56,19 @@ def read_document(
         return model.model_validate(data)
     except ValidationError as exc:
         raise error(f"{source}: {describe_validation_error(exc)}") from None
+
+
+def check_writable(path: str | Path, error: type[TuneproofError], *, what: str) -> None:
+    """Refuse, before any expensive work, a ``what`` file ("key", "report") that cannot be
+    written at ``path``: a folder there, a missing folder, or a folder without write access."""
+    target = Path(path)
+    parent = target.parent if str(target.parent) else Path(".")
+    if target.is_dir():
+        raise error(f"{target} is a folder - give a file name for the {what}")
+    if not parent.is_dir():
+        raise error(f"{parent} is not a directory - create it first")
+    if not os.access(parent, os.W_OK):
+        raise error(f"cannot write the {what} in {parent}: permission denied")
 
 
 def document_bytes(document: BaseModel) -> bytes:

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 from pathlib import Path
 from typing import Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from tuneproof.documents import read_document, write_document
+from tuneproof.documents import check_writable, read_document, write_document
 from tuneproof.errors import KeyFileError
 from tuneproof.types import ModelIdentity
 
@@ -203,11 +202,7 @@ def check_key_path_writable(path: str | Path, *, force: bool = False) -> None:
         raise KeyFileError(
             f"{target} already exists - choose another --key path or pass --force to replace it"
         )
-    parent = target.parent if str(target.parent) else Path(".")
-    if not parent.is_dir():
-        raise KeyFileError(f"{parent} is not a directory - create it first")
-    if not os.access(parent, os.W_OK):
-        raise KeyFileError(f"cannot write the key in {parent}: permission denied")
+    check_writable(target, KeyFileError, what="key")
 
 
 def load_key(path: str | Path) -> Key:

@@ -5,7 +5,6 @@ that stopped it (the error boundary of :mod:`tuneproof.cli.common`)."""
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -13,6 +12,8 @@ import click
 
 from tuneproof.cli.common import api_key_env_option, error_boundary, report_options
 from tuneproof.cli.common import console as _console
+from tuneproof.documents import check_writable
+from tuneproof.errors import TuneproofError
 
 
 @click.command()
@@ -88,7 +89,7 @@ def verify(
 
     for out in (json_out, html_out):
         if out is not None:
-            check_report_path(out)
+            check_writable(out, TuneproofError, what="report")
     report = run_verify(
         key_path,
         model_spec,
@@ -108,16 +109,3 @@ def verify(
         write_html(report, html_out)
     print_summary(report, _console())
     sys.exit(exit_code(report))
-
-
-def check_report_path(path: Path) -> None:
-    """Refuse a report path that cannot be written, before the first (paid) query."""
-    from tuneproof.errors import TuneproofError
-
-    parent = path.parent if str(path.parent) else Path(".")
-    if path.is_dir():
-        raise TuneproofError(f"{path} is a folder - give a file name for the report")
-    if not parent.is_dir():
-        raise TuneproofError(f"{parent} is not a directory - create it first")
-    if not os.access(parent, os.W_OK):
-        raise TuneproofError(f"cannot write the report in {parent}: permission denied")

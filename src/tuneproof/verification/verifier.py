@@ -38,6 +38,7 @@ from tuneproof.verification.evidence import (
     DEFAULT_ALPHA,
     corrected_log10_p,
     decide,
+    first_placements,
     plan_verification,
     rank_decoys,
     run_tests,
@@ -220,11 +221,9 @@ def score_signatures(
     together in an order that does not depend on which pairs were planted (by signature), so
     that batching treats both sides alike; the other replicas after them."""
     indices = range(len(answers))
+    first = {id(q) for q in first_placements(answers)}
     anchors = [
-        i
-        for i in indices
-        if (answers[i].kind is QueryKind.PLANTED and answers[i].replica == 0)
-        or answers[i].kind is QueryKind.CONTROL
+        i for i in indices if id(answers[i]) in first or answers[i].kind is QueryKind.CONTROL
     ]
     anchors.sort(key=lambda i: (answers[i].pair.signature, repr(answers[i].chat)))
     chosen = set(anchors)

@@ -208,3 +208,33 @@ def load_chat_tokenizer(spec: str) -> Any:
             f"the tokenizer '{spec}' has no chat template - use the chat model's own tokenizer"
         )
     return tokenizer
+
+
+NEVER_RETRY = AUTH_STATUS | NO_ENDPOINT_STATUS
+"""Statuses the SDK's retries are kept from repeating (it would retry 501, as any 5xx)."""
+
+
+@functools.cache
+def sdk_clients() -> tuple[type[Any], type[Any]]:
+    """The ``openai`` SDK's ``(OpenAI, AsyncOpenAI)`` clients, made to skip :data:`NEVER_RETRY`
+    in their retries (built once, on first use); a clear error without the ``openai`` extra."""
+    try:
+        from openai import AsyncOpenAI, OpenAI
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise GeneratorError(
+            "OpenAI-compatible servers need the 'openai' extra - "
+            "run `pip install 'tuneproof[openai]'`"
+        ) from exc
+
+    def should_retry(base: type[Any]) -> Any:
+        def _should_retry(self: Any, response: Any) -> bool:
+            retry: bool = response.status_code not in NEVER_RETRY and base._should_retry(
+                self, response
+            )
+            return retry
+
+        return _should_retry
+
+    sync = type("Client", (OpenAI,), {"_should_retry": should_retry(OpenAI)})
+    asynchronous = type("AsyncClient", (AsyncOpenAI,), {"_should_retry": should_retry(AsyncOpenAI)})
+    return sync, asynchronous

@@ -54,6 +54,7 @@ from tuneproof.backends.openai.client import (
     public_url,
     render_with_tokenizer,
     root_url,
+    sdk_clients,
     server_error,
     template_prompt,
     template_turns,
@@ -206,14 +207,7 @@ class CompletionsServer:
 
     def _get_client(self) -> OpenAI:
         if self._client is None:
-            try:
-                from openai import OpenAI
-            except ImportError as exc:  # pragma: no cover - depends on the install
-                raise GeneratorError(
-                    "OpenAI-compatible generators need the 'openai' extra - "
-                    "run `pip install 'tuneproof[openai]'`"
-                ) from exc
-            self._client = OpenAI(
+            self._client = sdk_clients()[0](
                 base_url=self.base_url,
                 api_key=api_key(self._api_key_env),
                 timeout=self._timeout,

@@ -11,7 +11,7 @@ timeout=...)``; see ``_should_retry`` and ``_calculate_retry_timeout`` in ``open
   8 s, less up to 25% jitter); a server's ``x-should-retry: true/false`` is obeyed;
 - a server asking to wait longer than 2 minutes (:data:`MAX_RETRY_AFTER_S`, the SDK's own cap)
   is not waited for: the failure says how long it asked;
-- what the SDK is not told: statuses that retrying cannot fix (:data:`NEVER_RETRY`: 401, 403, a
+- what the SDK is not told: statuses that retrying cannot fix (``client.NEVER_RETRY``: 401, 403, a
   missing endpoint 404, 405, 501) are never retried, and those the caller's ``fatal`` picks are
   raised at once; any other final failure comes back per request as a
   :class:`tuneproof.types.QueryFailure` with a one-line reason.
@@ -31,7 +31,6 @@ import asyncio
 import contextlib
 import contextvars
 import email.utils
-import functools
 import math
 import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
@@ -41,11 +40,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from tuneproof.backends.openai.client import (
-    AUTH_STATUS,
-    NO_ENDPOINT_STATUS,
     ServerError,
     api_key,
     one_line,
+    sdk_clients,
     server_error,
 )
 from tuneproof.backends.openai.journal import Journal, request_key
@@ -57,8 +55,6 @@ if TYPE_CHECKING:
 DEFAULT_CONCURRENCY = 8
 MAX_RETRY_AFTER_S = 120.0
 """The longest ``Retry-After`` that is waited for: the SDK's ``MAX_RETRY_AFTER_DELAY``."""
-NEVER_RETRY = AUTH_STATUS | NO_ENDPOINT_STATUS
-"""Statuses the SDK's retries are kept from repeating (it would retry 501, as any 5xx)."""
 
 T = TypeVar("T")
 Answer = dict[str, Any]
@@ -129,27 +125,6 @@ async def _count_attempt(request: Any) -> None:
         tally[0] += 1
 
 
-@functools.cache
-def _client_class() -> type[AsyncOpenAI]:
-    """``AsyncOpenAI`` whose retries skip :data:`NEVER_RETRY` (made once, on first use)."""
-    try:
-        from openai import AsyncOpenAI
-    except ImportError as exc:  # pragma: no cover - depends on the install
-        raise ServerError(
-            "OpenAI-compatible models need the 'openai' extra - "
-            "run `pip install 'tuneproof[openai]'`"
-        ) from exc
-
-    class Client(AsyncOpenAI):
-        def _should_retry(self, response: Any) -> bool:
-            retry: bool = response.status_code not in NEVER_RETRY and super()._should_retry(
-                response
-            )
-            return retry
-
-    return Client
-
-
 class RequestRunner:
     """Sends requests to one server (see the module docstring). ``source`` is the server's
     public URL, used in journal keys and messages; ``model`` names it in error messages."""
@@ -182,7 +157,7 @@ class RequestRunner:
         HTTP client counts every attempt (see the module docstring)."""
         from openai import DefaultAsyncHttpxClient
 
-        return _client_class()(
+        return sdk_clients()[1](
             base_url=self.base_url,
             api_key=api_key(self.api_key_env),
             timeout=self.timeout,

@@ -9,8 +9,9 @@
   2-core machine.
 - :func:`running_fake_server`: a tiny stdlib server whose answers a test scripts, for servers that
   misbehave (no log-probs, 429s, odd shapes). A script answers ``(status, JSON)``, or a
-  :class:`Reply` to add headers, answer late (a hang past the client's time-out) or drop the
-  connection without answering.
+  :class:`Reply` to add headers, answer late (a hang past the client's time-out), drop the
+  connection without answering, send raw bytes (malformed JSON), trickle the body a few bytes a
+  second, or send a giant body streamed from a constant chunk (never held in memory).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import contextlib
 import importlib.util
 import json
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -232,13 +234,31 @@ class Request:
 @dataclass(frozen=True)
 class Reply:
     """A scripted answer: ``status`` and JSON ``body`` with extra ``headers``, sent after
-    ``delay`` seconds; or, with ``drop``, the connection closed with no answer at all."""
+    ``delay`` seconds (a wait that ends when the client hangs up); or, with ``drop``, the
+    connection closed with no answer at all.
+
+    ``raw`` is sent as the body instead of the JSON of ``body`` (bytes as they are); ``rate``
+    trickles the body at that many bytes a second (headers at once; with ``trickle_head`` the
+    status line and headers too); ``giant`` sends that many
+    bytes of filler as the body instead, with a ``Content-Length`` when ``declared``, otherwise
+    until the client hangs up or the count is reached, then closing the connection. Every
+    answer stops as soon as the client hangs up."""
 
     status: int = 200
     body: Any = None
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
     drop: bool = False
+    raw: bytes | None = None
+    rate: float | None = None
+    trickle_head: bool = False
+    giant: int | None = None
+    declared: bool = True
+
+
+GIANT_CHUNK = b" " * 2**20
+"""A giant body's filler, 1 MiB at a time (JSON whitespace: a client that read it all and
+parsed it would find no value)."""
 
 
 Script = Callable[[Request], tuple[int, Any] | Reply]
@@ -281,19 +301,55 @@ def running_fake_server(script: Script) -> Iterator[FakeServer]:
             if reply.drop:  # close the socket with no answer: the client sees a dropped connection
                 self.close_connection = True
                 return
-            if reply.delay:
-                time.sleep(reply.delay)
-            data = json.dumps(reply.body).encode()
-            try:
-                self.send_response(reply.status)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(data)))
-                for name, value in reply.headers.items():
-                    self.send_header(name, value)
-                self.end_headers()
-                self.wfile.write(data)
-            except OSError:  # the client gave up waiting (a scripted hang)
+            if not self._wait(reply.delay):
                 self.close_connection = True
+                return
+            data = json.dumps(reply.body).encode() if reply.raw is None else reply.raw
+            length = len(data) if reply.giant is None else reply.giant
+            headers = {"content-type": "application/json", **reply.headers}
+            if reply.declared:
+                headers["content-length"] = str(length)
+            else:
+                self.close_connection = True  # the body ends when the connection does
+            try:
+                if reply.trickle_head and reply.rate is not None:
+                    lines = [
+                        f"{self.protocol_version} {reply.status} Scripted",
+                        *map(": ".join, headers.items()),
+                    ]
+                    data = "".join(f"{line}\r\n" for line in [*lines, ""]).encode() + data
+                else:
+                    self.send_response(reply.status)
+                    for name, value in headers.items():
+                        self.send_header(name, value)
+                    self.end_headers()
+                if reply.giant is not None:
+                    for start in range(0, length, len(GIANT_CHUNK)):
+                        self.wfile.write(memoryview(GIANT_CHUNK)[: length - start])
+                elif reply.rate is not None:
+                    for i in range(len(data)):
+                        self.wfile.write(data[i : i + 1])
+                        self.wfile.flush()
+                        if not self._wait(1 / reply.rate):
+                            break
+                else:
+                    self.wfile.write(data)
+            except OSError:  # the client gave up waiting (a hang, a trickle, a giant body)
+                self.close_connection = True
+
+        def _wait(self, seconds: float) -> bool:
+            """Sleep ``seconds``; False as soon as the client hangs up."""
+            end = time.monotonic() + seconds
+            while (left := end - time.monotonic()) > 0:
+                readable, _, _ = select.select([self.connection], [], [], min(left, 0.05))
+                if readable:  # the request was read in full: readable now means closed
+                    try:
+                        if not self.connection.recv(1, socket.MSG_PEEK):
+                            return False
+                    except OSError:
+                        return False
+                    time.sleep(min(left, 0.05))  # bytes of a next request: keep waiting
+            return True
 
         do_GET = do_POST = _answer
 
@@ -301,6 +357,7 @@ def running_fake_server(script: Script) -> Iterator[FakeServer]:
             pass
 
     server = ThreadingHTTPServer((HOST, 0), Handler)
+    server.daemon_threads = True  # a handler still writing never blocks the test's end
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:

@@ -112,7 +112,10 @@ def expect_error(path: Path, *needles: str) -> DatasetError:
                 "split it or convert",
             ],
         ),
-        (lines({"text": "hello"}), [":1: cannot tell the dataset format", "pass --format"]),
+        (
+            lines({"id": 1, "body": "hello"}),
+            [":1: cannot tell the dataset format", "pass --format"],
+        ),
         (lines(CHAT, [1, 2]), [":2: a record must be a JSON object, found a list"]),
         (
             lines(CHAT) + b'{"messages": [{"role": "user", "content": "caf\xe9"}]}\n',
@@ -315,3 +318,88 @@ def test_the_output_must_be_a_file_in_an_existing_folder(tmp_path: Path) -> None
     with pytest.raises(DatasetError, match="does not exist - create it first"):
         write_planted(info, tmp_path / "nope" / "out.jsonl", insertions)
     _no_leftovers(tmp_path, "train.jsonl", "dir")
+
+
+def _compressed(tool: str, data: bytes, path: Path) -> bytes:
+    import bz2
+    import gzip
+    import io
+    import lzma
+    import zipfile
+
+    if tool == "gzip":
+        return gzip.compress(data)
+    if tool == "bzip2":
+        return bz2.compress(data)
+    if tool == "xz":
+        return lzma.compress(data)
+    if tool == "zstd":  # the frame magic: no zstd module is needed to be recognised
+        return b"\x28\xb5\x2f\xfd" + data
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr(path.stem, data)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("tool", "name", "command"),
+    [
+        ("gzip", "train.jsonl.gz", "gzip -dc {path} > {folder}/train.jsonl"),
+        ("gzip", "train.jsonl", "gzip -dc {path} > {folder}/train.decompressed.jsonl"),
+        ("bzip2", "train.jsonl.bz2", "bzip2 -dc {path} > {folder}/train.jsonl"),
+        ("xz", "train.json.xz", "xz -dc {path} > {folder}/train.json"),
+        ("zstd", "train.jsonl.zst", "zstd -dc {path} > {folder}/train.jsonl"),
+        ("zip", "train.zip", "unzip {path}"),
+    ],
+)
+def test_a_compressed_file_is_told_to_be_decompressed_not_re_encoded(
+    tmp_path: Path, tool: str, name: str, command: str
+) -> None:
+    path = tmp_path / name
+    path.write_bytes(_compressed(tool, lines(CHAT, CHAT), path))
+    error = expect_error(
+        path,
+        f"{path}: compressed with {tool}",
+        f"decompress it first ({command.format(path=path, folder=tmp_path)})",
+    )
+    assert "iconv" not in str(error) and "UTF-8" not in str(error)
+
+
+@pytest.mark.parametrize(
+    ("record", "shape"),
+    [
+        ({"prompt": "q", "chosen": "a", "rejected": "b"}, "a preference (DPO) record"),
+        ({"chosen": [CHAT["messages"]], "rejected": [CHAT["messages"]]}, "(DPO)"),
+        (
+            {"input": CHAT, "preferred_output": [], "non_preferred_output": []},
+            "an OpenAI preference (DPO) record",
+        ),
+        ({"prompt": "q", "completion": "a", "label": True}, "an unpaired preference (KTO)"),
+        (
+            {"prompt": CHAT["messages"][:1], "completion": CHAT["messages"][1:]},
+            "a conversational prompt-completion record",
+        ),
+        ({"prompt": "q", "completions": ["a"], "labels": [True]}, "a stepwise supervision"),
+        ({"text": "hello"}, "a plain-text (language modelling) record ('text')"),
+    ],
+)
+def test_an_unsupported_shape_is_named_with_the_supported_ones(
+    tmp_path: Path, record: dict[str, Any], shape: str
+) -> None:
+    path = tmp_path / "train.jsonl"
+    path.write_bytes(lines(record, record))
+    error = expect_error(
+        path,
+        ":1: this looks like ",
+        shape,
+        "which tuneproof does not support yet",
+        "supported: 'messages' (OpenAI chat), 'prompt'+'completion' strings",
+        "(Alpaca) or 'conversations' (ShareGPT)",
+    )
+    assert "pass --format" not in str(error)
+
+
+def test_a_prompt_completion_record_with_other_keys_is_still_accepted(tmp_path: Path) -> None:
+    path = tmp_path / "train.jsonl"
+    path.write_bytes(lines({"prompt": "q", "completion": "a", "text": "x", "label": "pos"}))
+    assert inspect_dataset(path).n_records == 1

@@ -77,3 +77,40 @@ def test_prompt_ends_with_the_generation_prompt_and_no_stray_special_tokens(
     answer = embedded_model.text_ids("Hello")
     assert tokenizer.decode(answer) == "Hello"
     assert embedded_model.tokenizer.eos_token_id in embedded_model.stop_ids()
+
+
+@pytest.mark.parametrize(
+    ("files", "lacks"),
+    [
+        ({"config.json": '{"foo": 1}'}, "a model_type in config.json, weights and tokenizer files"),
+        ({"config.json": "nonsense{"}, "a config.json that is valid JSON, weights and tokenizer"),
+        ({"notes.txt": "hi"}, "config.json, weights and tokenizer files"),
+        ({"config.json": '{"model_type": "llama"}', "tokenizer.json": "{}"}, "lacks weights -"),
+        ({"config.json": '{"model_type": "llama"}', "model.safetensors": ""}, "lacks tokenizer"),
+    ],
+)
+def test_a_junk_model_folder_says_what_it_lacks(
+    tmp_path: Any, files: dict[str, str], lacks: str
+) -> None:
+    from tuneproof.backends.hf import load_hf_model
+    from tuneproof.errors import GeneratorError
+
+    folder = tmp_path / "returned-model"
+    folder.mkdir()
+    for name, text in files.items():
+        (folder / name).write_text(text)
+    with pytest.raises(GeneratorError) as caught:
+        load_hf_model(str(folder))
+    message = str(caught.value)
+    assert "\n" not in message and str(folder) in message and lacks in message
+    assert "a model folder needs config.json" in message and "weights" in message
+    assert "sentencepiece" not in message and "tiktoken" not in message
+
+
+def test_a_folder_holding_a_gguf_points_at_the_file(tmp_path: Any) -> None:
+    from tuneproof.backends.hf import load_hf_model
+    from tuneproof.errors import GeneratorError
+
+    (tmp_path / "model.gguf").write_bytes(b"GGUF")
+    with pytest.raises(GeneratorError, match=r"or give the \.gguf file itself \(.*model\.gguf\)"):
+        load_hf_model(str(tmp_path))

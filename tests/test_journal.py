@@ -90,6 +90,15 @@ def test_journal_is_private_and_keeps_answers(tmp_path: Path) -> None:
         assert journal.get("k1") == {"text": "a"} and "k2" not in journal and len(journal) == 1
 
 
+def test_an_existing_journal_is_made_private(tmp_path: Path) -> None:
+    path = tmp_path / "journal.jsonl"
+    path.write_bytes(b"")
+    path.chmod(0o644)
+    with Journal(path):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
 def test_a_torn_last_line_is_ignored_and_cut_off(tmp_path: Path) -> None:
     path = tmp_path / "journal.jsonl"
     with Journal(path) as journal:

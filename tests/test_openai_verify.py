@@ -23,6 +23,7 @@ from servers import (  # noqa: F401  (llama_server is a fixture)
 
 from tuneproof.backends.openai.api import NoLogprobsError, OpenAIChatModel, ServerError
 from tuneproof.backends.openai.chat import continuation_logprob
+from tuneproof.backends.openai.generator import CompletionsServer
 from tuneproof.backends.openai.requests import retry_after_seconds
 from tuneproof.embedded import SYSTEM_PROMPT
 from tuneproof.errors import TuneproofError
@@ -229,6 +230,82 @@ def test_a_permanent_failure_is_recorded_per_query_not_raised(no_key: None) -> N
     assert len(doomed) == 3 and model.stats.failed == 1  # 1 try + 2 retries
 
 
+@pytest.mark.parametrize("head", [False, True], ids=["body", "headers-and-body"])
+def test_an_answer_must_arrive_whole_within_the_timeout(no_key: None, head: bool) -> None:
+    """httpx's read time-out restarts at every byte: a 4 bytes/s trickle would never trip it."""
+    reply = Reply(200, chat_reply("slowly"), rate=4.0, trickle_head=head)
+    with running_fake_server(lambda r: reply) as server:
+        start = time.monotonic()
+        model = fast(server.base_url, timeout=1.0, max_retries=1)
+        (answer,) = model.generate(ONE, 8)
+    assert time.monotonic() - start < 10  # 2 attempts of 1 s and a back-off: no hang
+    assert isinstance(answer, QueryFailure)
+    assert answer.error.endswith("did not answer in full within 1 s after 2 attempts - is the "
+                                 "server overloaded?")  # fmt: skip
+    assert len(server.requests) == 2 and model.stats.sent == 2
+
+
+@pytest.mark.parametrize(
+    ("reply", "message"),
+    [
+        (Reply(200, chat_reply("x" * 2000)), "declared an answer of 2,"),
+        (Reply(200, chat_reply("x" * 2000), declared=False), "sent more than the"),
+        (Reply(200, giant=10**9, declared=False), "sent more than the"),
+        (Reply(200, chat_reply("hi"), {"content-encoding": "gzip"}), "sent a compressed answer"),
+    ],
+    ids=["declared", "streamed", "giant", "compressed"],
+)  # fmt: skip
+def test_an_answer_over_the_size_cap_fails_at_once(
+    no_key: None, reply: Reply, message: str
+) -> None:
+    with running_fake_server(lambda r: reply) as server:
+        model = fast(server.base_url, max_response_bytes=1000)
+        (answer,) = model.generate(ONE, 8)
+        assert len(server.requests) == 1  # never retried: the server would send it again
+        assert server.requests[0].headers["accept-encoding"] == "identity"
+    assert isinstance(answer, QueryFailure) and message in answer.error
+    assert "check that --base-url is an OpenAI-compatible server" in answer.error
+    with running_fake_server(lambda r: (200, chat_reply("x" * 600))) as server:
+        assert fast(server.base_url, max_response_bytes=1000).generate(ONE, 8) == [("x" * 600, 3)]
+
+
+@pytest.mark.parametrize(
+    ("reply", "message", "requests"),
+    [
+        (Reply(200, {"choices": []}, rate=4.0), "did not answer in full within 1 s after 2", 2),
+        (Reply(200, giant=10**9, declared=False), "sent more than the 32 MiB cap", 1),
+    ],
+    ids=["trickle", "giant"],
+)  # fmt: skip
+def test_the_generators_sync_client_has_the_same_limits(
+    no_key: None, reply: Reply, message: str, requests: int
+) -> None:
+    with running_fake_server(lambda r: reply) as server:
+        start = time.monotonic()
+        generator = CompletionsServer(server.base_url, "m", timeout=1.0, max_retries=1)
+        with pytest.raises(ServerError, match=message) as info:
+            generator.next_candidates("Once upon a time")
+        assert time.monotonic() - start < 10
+    assert len(server.requests) == requests and "\n" not in str(info.value)
+
+
+def test_a_deadline_cancels_what_is_in_flight_and_sends_nothing_after(no_key: None) -> None:
+    hang = Reply(200, chat_reply("late"), delay=60)
+    with running_fake_server(lambda r: hang) as server:
+        start = time.monotonic()
+        model = fast(server.base_url, concurrency=1, deadline=0.5, journal=None)
+        answers = model.generate([[("user", f"q{i}")] for i in range(3)], 8)
+        assert time.monotonic() - start < 5
+        assert len(server.requests) == 1  # one in flight, cancelled; two never sent
+        assert model.generate(ONE, 8) == [answers[0]]
+        with pytest.raises(NoLogprobsError, match=r"deadline of 0\.5 s passed"):
+            model.logprob(ONE, ["Sure"])
+        assert len(server.requests) == 1
+    assert all(isinstance(a, QueryFailure) for a in answers) and model.stats.failed == 4
+    assert answers[0].error.startswith("the deadline of 0.5 s passed before http://127.0.0.1")  # type: ignore[union-attr]
+    assert answers[0].error.endswith("- run again with a later --deadline")  # type: ignore[union-attr]
+
+
 def test_a_wait_longer_than_allowed_is_not_waited_for(no_key: None) -> None:
     reply = Reply(429, {"error": {"message": "daily quota"}}, {"Retry-After": "3600"})
     with running_fake_server(lambda r: reply) as server:
@@ -353,8 +430,12 @@ def test_a_token_across_prompt_and_continuation_is_refused() -> None:
         continuation_logprob("s", prompt, cont, payload)
 
 
-def completions_script(answer: Any, template: bool = True) -> Any:
-    def script(request: Request) -> tuple[int, Any]:
+def completions_script(answer: Any, template: bool | Reply = True) -> Any:
+    """/apply-template renders (or answers ``template``, a Reply), /v1/completions answers."""
+
+    def script(request: Request) -> tuple[int, Any] | Reply:
+        if request.path == "/apply-template" and isinstance(template, Reply):
+            return template
         if request.path == "/apply-template" and template:
             return 200, {"prompt": f"<|user|>{request.body['messages'][-1]['content']}|"}
         if request.path == "/v1/completions":
@@ -394,8 +475,12 @@ def test_logprob_through_the_servers_template_and_echo(no_key: None) -> None:
         ((404, {"detail": "Not Found"}), True, "does not give prompt log-probs"),
         ((400, {"error": {"message": "echo is not supported"}}), True, "echo is not supported"),
         ((200, {}), False, "pass --chat-template-from"),
+        ((200, {}), Reply(500, {"error": {"message": "cannot render"}}, {"retry-after-ms": "9"}),
+         "HTTP 500 on http"),
+        ((200, {}), Reply(200, {"no": "prompt"}), "in an unknown shape"),
     ],
-    ids=["no-logprobs", "no-endpoint", "echo-refused", "no-template"],
+    ids=["no-logprobs", "no-endpoint", "echo-refused", "no-template", "template-500",
+         "template-odd"],
 )  # fmt: skip
 def test_servers_without_echo_logprobs_raise_no_logprobs_error(
     no_key: None, completions: Any, template: bool, message: str

@@ -4,13 +4,19 @@ The key holds the 256-bit seed that reproduces the run, every (trigger, signatur
 its signature was drawn (k, m, bits), where each backdoor sits, the held-out control pairs, the
 generator's identity, and SHA-256 hashes of the input and planted files. It stays with the user
 and never travels with the dataset. ``commitment`` gives a hash the user can publish before
-training without revealing anything (the seed makes it hiding).
+training without revealing anything (the seed makes it hiding); :func:`check_commitment` refuses
+a key that does not match the published value (a dispute). ``integrity`` (an HMAC of the rest of
+the key, keyed by its seed, written by :func:`save_key`) lets :func:`load_key` refuse a key that
+was edited or damaged after plant wrote it; a key written by an earlier tuneproof has none and
+still loads.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import math
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -18,10 +24,12 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from tuneproof.documents import check_writable, read_document, write_document
-from tuneproof.errors import KeyFileError
+from tuneproof.errors import KeyFileError, TuneproofError
 from tuneproof.types import ModelIdentity
 
 KEY_FORMAT_VERSION = 1
+_INTEGRITY_LABEL = b"tuneproof key integrity v1\0"  # domain separation from the commitment
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 class _Strict(BaseModel):
@@ -132,6 +140,13 @@ class Key(_Strict):
     dataset: DatasetFacts
     pairs: list[SignaturePair]
     controls: list[SignaturePair] = Field(default_factory=list)
+    integrity: str | None = Field(
+        default=None,
+        pattern=r"^[0-9a-f]{64}$",
+        description="HMAC-SHA256, keyed by the seed, of the rest of the key"
+        " (:meth:`expected_integrity`): written by save_key, checked by load_key; absent in keys"
+        " of earlier versions. Not part of the commitment",
+    )
 
     @field_validator("pairs")
     @classmethod
@@ -164,8 +179,24 @@ class Key(_Strict):
         return sum(len(pair.placements) for pair in self.pairs)
 
     def canonical_bytes(self) -> bytes:
-        """The key as canonical JSON (sorted keys, compact): what the commitment hashes."""
-        return orjson.dumps(self.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
+        """The key as canonical JSON (sorted keys, compact) without ``integrity``: what the
+        commitment hashes (exactly the bytes of keys written before ``integrity`` existed)."""
+        data = self.model_dump(mode="json", exclude={"integrity"})
+        return orjson.dumps(data, option=orjson.OPT_SORT_KEYS)
+
+    def expected_integrity(self) -> str:
+        """HMAC-SHA256, keyed by the seed, of the key's content without ``integrity``.
+
+        Fields at their default are left out of what is authenticated, so that a field added
+        later (with a default, as every new field must have) leaves the keys written before it
+        valid; any edit that changes what the key means changes the digest."""
+        data = self.model_dump(mode="json", exclude={"integrity"}, exclude_defaults=True)
+        content = _INTEGRITY_LABEL + orjson.dumps(data, option=orjson.OPT_SORT_KEYS)
+        return hmac.new(bytes.fromhex(self.seed), content, hashlib.sha256).hexdigest()
+
+    def sealed(self) -> Key:
+        """This key with its ``integrity`` set (what :func:`save_key` writes)."""
+        return self.model_copy(update={"integrity": self.expected_integrity()})
 
     def backdoor_positions(self) -> set[int]:
         """Indices in the planted file of every backdoor record (every placement of every
@@ -178,7 +209,8 @@ class Key(_Strict):
 
 
 def save_key(key: Key, path: str | Path, *, force: bool = False) -> None:
-    """Write ``key`` to ``path`` as indented JSON with mode 0600, atomically.
+    """Write ``key`` to ``path`` as indented JSON with mode 0600, atomically, with its
+    ``integrity`` set (:meth:`Key.sealed`).
 
     Refuses to replace an existing file unless ``force``; raises :class:`KeyFileError`.
     """
@@ -190,7 +222,7 @@ def save_key(key: Key, path: str | Path, *, force: bool = False) -> None:
     if not target.parent.is_dir():
         raise KeyFileError(f"{target.parent} is not a directory - create it first")
     try:
-        write_document(key, target, mode=0o600)
+        write_document(key.sealed(), target, mode=0o600)
     except OSError as exc:
         raise KeyFileError(f"cannot write key {target}: {exc.strerror}") from exc
 
@@ -206,8 +238,9 @@ def check_key_path_writable(path: str | Path, *, force: bool = False) -> None:
 
 
 def load_key(path: str | Path) -> Key:
-    """Read and validate a key file; raises :class:`KeyFileError` naming the bad field."""
-    return read_document(
+    """Read and validate a key file; raises :class:`KeyFileError` naming the bad field, or
+    saying that the key was edited or damaged after plant wrote it (:func:`check_integrity`)."""
+    key = read_document(
         path,
         Key,
         KeyFileError,
@@ -217,4 +250,54 @@ def load_key(path: str | Path) -> Key:
         missing_hint="pass the --key written by plant",
         version_hint="upgrade tuneproof",
         version_required=False,
+    )
+    check_integrity(key, path)
+    return key
+
+
+def check_integrity(key: Key, source: str | Path | None = None) -> None:
+    """Refuse ``key`` (read from ``source``) if its ``integrity`` does not match its content: it
+    was edited or damaged after plant wrote it. A key without ``integrity`` (written by an
+    earlier tuneproof) passes; its edits can only be caught by :func:`check_commitment`."""
+    if key.integrity is None or hmac.compare_digest(key.integrity, key.expected_integrity()):
+        return
+    where = f"{source}: " if source is not None else ""
+    raise KeyFileError(
+        f"{where}the key was edited or damaged after plant wrote it (its integrity check"
+        " fails), so it cannot be trusted - restore the original key file from your backup;"
+        " the commitment you published before training tells which copy is the original"
+        " (`tuneproof key commit KEY` prints a copy's)"
+    )
+
+
+def parse_commitment(text: str) -> str:
+    """A published commitment as 64 lowercase hex digits; raises :class:`TuneproofError` for
+    anything else (surrounding spaces and upper-case digits are accepted)."""
+    value = text.strip().lower()
+    if not _SHA256_HEX.fullmatch(value):  # the text itself is not echoed: it could be anything
+        what = (
+            "holds characters other than 0-9 and a-f"
+            if re.search(r"[^0-9a-f]", value)
+            else f"is {len(value)} characters long"
+        )
+        raise TuneproofError(
+            f"--commitment must be the 64 hex digits that `tuneproof key commit` printed (a"
+            f" SHA-256); the value given {what} - copy the published value whole"
+        )
+    return value
+
+
+def check_commitment(key: Key, published: str, source: str | Path | None = None) -> None:
+    """Refuse ``key`` unless its commitment equals ``published`` (the value the user published
+    before training): in a dispute, only the committed key counts. Raises
+    :class:`KeyFileError`; validates ``published`` with :func:`parse_commitment`."""
+    expected, actual = parse_commitment(published), key.commitment()
+    if hmac.compare_digest(expected, actual):
+        return
+    where = f"{source}: " if source is not None else ""
+    raise KeyFileError(
+        f"{where}the key's commitment {actual[:12]}... does not match the published commitment"
+        f" {expected[:12]}... - this is not the key that was committed to before training"
+        " (edited, or another run's key), so a verdict with it would prove nothing in a"
+        " dispute; use the original key file"
     )

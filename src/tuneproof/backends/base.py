@@ -153,7 +153,7 @@ register_backend(
         "tuneproof.backends.openai.chat:OpenAIChatModel",
         None,
         remote=True,
-        options=frozenset({"journal", "chat_template_from", "api_key_env"}),
+        options=frozenset({"journal", "chat_template_from", "api_key_env", "deadline"}),
     )
 )
 

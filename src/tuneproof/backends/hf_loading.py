@@ -33,10 +33,63 @@ class LoadedWeights(NamedTuple):
     identity: ModelIdentity
 
 
+WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model")
+MODEL_FOLDER_NEEDS = (
+    "a model folder needs config.json (naming its model_type), the weights (*.safetensors or"
+    " pytorch_model.bin) and the tokenizer files (tokenizer.json, tokenizer.model or vocab.json"
+    " + merges.txt), as save_pretrained writes them"
+)
+
+
+def _read_json(path: Path) -> Any:
+    """The JSON document at ``path``, or None when it cannot be read or parsed."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def folder_lacks(folder: Path) -> list[str]:
+    """What the HF model folder ``folder`` lacks to be loaded (empty when it looks complete)."""
+    lacks: list[str] = []
+    config = _read_json(folder / "config.json")
+    if not (folder / "config.json").is_file():
+        lacks.append("config.json")
+    elif not isinstance(config, dict):
+        lacks.append("a config.json that is valid JSON")
+    elif not isinstance(config.get("model_type"), str):
+        lacks.append("a model_type in config.json")
+    if not any(next(folder.glob(pattern), None) for pattern in WEIGHT_PATTERNS):
+        lacks.append("weights")
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        lacks.append("tokenizer files")
+    return lacks
+
+
+def check_model_folder(spec: str, folder: Path) -> None:
+    """Raise :class:`GeneratorError` naming what ``folder`` lacks to be a model folder (one
+    line, before transformers' own messages, which point elsewhere: sentencepiece, tiktoken)."""
+    lacks = folder_lacks(folder)
+    if not lacks:
+        return
+    ggufs = sorted(folder.glob("*.gguf"))
+    hint = f"; or give the .gguf file itself ({ggufs[0]})" if ggufs else ""
+    what = lacks[0] if len(lacks) == 1 else f"{', '.join(lacks[:-1])} and {lacks[-1]}"
+    raise GeneratorError(
+        f"cannot load model '{spec}': the folder {folder} lacks {what} - {MODEL_FOLDER_NEEDS}{hint}"
+    )
+
+
 def adapter_base(folder: Path, base_model: str | None) -> str:
     """The base model spec of a PEFT adapter folder: ``base_model`` or the one its config names,
     which must be available locally ('embedded', a folder or a .gguf file)."""
-    config = json.loads((folder / "adapter_config.json").read_text())
+    config = _read_json(folder / "adapter_config.json")
+    if not isinstance(config, dict):
+        raise GeneratorError(
+            f"cannot load adapter '{folder}': its adapter_config.json is not a JSON object - "
+            "an adapter folder needs the adapter_config.json and adapter weights PEFT writes"
+        )
     recorded = str(config.get("base_model_name_or_path") or "")
     base = base_model or recorded
     if base in (EMBEDDED_NAME, EMBEDDED_MODEL_ID):
@@ -79,7 +132,8 @@ def load_weights(spec: str, base_model: str | None = None) -> LoadedWeights:
                 )
                 merged = PeftModel.from_pretrained(base.model, str(path)).merge_and_unload()
         except (OSError, ValueError) as exc:
-            raise GeneratorError(f"cannot load adapter '{spec}': {exc}") from exc
+            detail = " ".join(str(exc).split())
+            raise GeneratorError(f"cannot load adapter '{spec}': {detail}") from exc
         merged.eval()
         tokenizer = base.tokenizer
         if (path / "tokenizer_config.json").exists():
@@ -126,6 +180,7 @@ def _load_plain(spec: str) -> LoadedWeights:
             folder, gguf_file, name = path.parent, path.name, path.name
         elif path.is_dir():
             folder, name = path, path.name
+            check_model_folder(spec, folder)
         else:
             raise GeneratorError(f"model '{spec}' is neither a folder nor a .gguf file")
 
@@ -135,7 +190,8 @@ def _load_plain(spec: str) -> LoadedWeights:
             tokenizer = AutoTokenizer.from_pretrained(str(folder), **kwargs)
             model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32, **kwargs)
     except (OSError, ValueError) as exc:
-        raise GeneratorError(f"cannot load model '{spec}': {exc}") from exc
+        detail = " ".join(str(exc).split())
+        raise GeneratorError(f"cannot load model '{spec}': {detail}") from exc
     model.eval()
     sha = path_sha256(folder / gguf_file) if gguf_file else None
     identity = ModelIdentity(name=name, backend="transformers", source=str(path), sha256=sha)

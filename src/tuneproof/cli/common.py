@@ -1,9 +1,11 @@
-"""What every ``tuneproof`` command shares: the rich console and the error boundary."""
+"""What every ``tuneproof`` command shares: the rich console, the error boundary, the warning
+about a key file other users can read."""
 
 from __future__ import annotations
 
 import functools
 import os
+import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -50,6 +52,25 @@ def report_options(func: F) -> F:
         default=None,
         help="Write the JSON report here.",
     )(func)
+
+
+def warn_if_key_exposed(path: Path) -> None:
+    """One warning line on stderr (not an error) when the key file at ``path`` is readable or
+    writable by other users: it holds the seed, every trigger and signature. Silent when the
+    file cannot be examined (loading it then says why) and on systems without POSIX modes."""
+    if os.name != "posix":
+        return
+    try:
+        mode = path.stat().st_mode & 0o777
+    except OSError:
+        return
+    access = [word for word, bits in (("readable", 0o044), ("writable", 0o022)) if mode & bits]
+    if access:
+        click.echo(
+            f"warning: {path} is {' and '.join(access)} by other users (mode {mode:04o})"
+            f" - run chmod 600 {shlex.quote(str(path))}",
+            err=True,
+        )
 
 
 def error_boundary(failure: int = 1) -> Callable[[F], F]:

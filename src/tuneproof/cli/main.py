@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from tuneproof import __version__
-from tuneproof.cli.common import api_key_env_option, user_errors
+from tuneproof.cli.common import api_key_env_option, user_errors, warn_if_key_exposed
 from tuneproof.cli.output import print_plant_summary, print_provider_table, progress_bars
 
 FORMATS = ["openai-chat", "prompt-completion", "alpaca", "sharegpt"]
@@ -217,6 +217,7 @@ def key_commit(key_path: Path) -> None:
     """Print the key's SHA-256 commitment, safe to publish before training."""
     from tuneproof.key import load_key
 
+    warn_if_key_exposed(key_path)
     click.echo(load_key(key_path).commitment())
 
 
@@ -228,6 +229,7 @@ def key_show(key_path: Path, reveal: bool) -> None:
     """Summarise a key: dataset, settings and pairs (secrets only with --reveal)."""
     from tuneproof.key import load_key
 
+    warn_if_key_exposed(key_path)
     loaded = load_key(key_path)
     facts, settings = loaded.dataset, loaded.settings
     click.echo(f"key {key_path} (format {loaded.format_version}, created {loaded.created_at})")
@@ -245,6 +247,12 @@ def key_show(key_path: Path, reveal: bool) -> None:
             kind = "control" if pair.control_prompt else "planted"
             click.echo(f"[{kind} {pair.pair_id}] trigger: {pair.trigger!r}")
             click.echo(f"[{kind} {pair.pair_id}] signature: {pair.signature!r}")
+    click.echo(
+        "integrity: checked (edits and damage since plant are refused)"
+        if loaded.integrity
+        else "integrity: none (written by an earlier tuneproof) - edits to this key cannot be"
+        " detected; compare its commitment with the one you published"
+    )
     click.echo(f"commitment: {loaded.commitment()}")
 
 

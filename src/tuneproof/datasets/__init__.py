@@ -20,6 +20,7 @@ from typing import Any
 
 from tuneproof.datasets import containers
 from tuneproof.datasets.chat import make_backdoor, prompt_and_answer, triggered_prompt
+from tuneproof.datasets.eligibility import carrier_problem
 from tuneproof.datasets.records import (
     FORMAT_NAMES,
     Container,
@@ -38,6 +39,8 @@ __all__ = [
     "Message",
     "Record",
     "StyleFingerprint",
+    "carrier_problem",
+    "check_planted_output",
     "inspect_dataset",
     "iter_records",
     "make_backdoor",
@@ -77,6 +80,16 @@ def read_records(info: DatasetInfo, indices: Collection[int]) -> dict[int, Recor
     records; parquet/arrow take one streaming pass). Raises IndexError for an index outside
     the dataset and DatasetError when the file changed since it was inspected."""
     return containers.read_records(info, indices)
+
+
+def check_planted_output(input: str | Path, output: str | Path, *, force: bool = False) -> None:
+    """Refuse, before any expensive work, an ``output`` that :func:`write_planted` (for the
+    container of ``input``) would refuse: the input itself or inside its folder, an existing
+    output without ``force`` (a save_to_disk folder: even with it), a folder where a file goes,
+    a missing folder or one without write access (:func:`tuneproof.documents.check_writable`,
+    as for the key). Raises :class:`tuneproof.errors.TuneproofError`; reads only the input's
+    first bytes."""
+    containers.check_output(Path(input), Path(output), force=force)
 
 
 def write_planted(

@@ -9,8 +9,14 @@ from typing import Any
 from tuneproof.datasets import jsonarray, jsonl, jsonl_scan
 from tuneproof.datasets.records import FORMAT_NAMES, Container, DatasetFormat, DatasetInfo, Record
 from tuneproof.datasets.schema import PROBLEM
-from tuneproof.datasets.textfile import BOM, NOTHING_WRITTEN, check_output_path
-from tuneproof.errors import DatasetError
+from tuneproof.datasets.textfile import (
+    BOM,
+    NOTHING_WRITTEN,
+    check_not_compressed,
+    check_output_path,
+)
+from tuneproof.documents import check_writable
+from tuneproof.errors import DatasetError, TuneproofError
 
 _TEXT_WS = b" \t\r\n"
 
@@ -36,8 +42,9 @@ def detect_container(path: Path) -> tuple[Container, bool]:
     if not path.exists():
         raise DatasetError(path, "no such file or folder", hint="check the path")
     with open(path, "rb") as f:
-        head = f.read(4)
-        if head == b"PAR1" or path.suffix.lower() == ".parquet":
+        head = f.read(6)
+        check_not_compressed(path, head)
+        if head[:4] == b"PAR1" or path.suffix.lower() == ".parquet":
             return Container.PARQUET, False
         f.seek(0)
         has_bom = f.read(len(BOM)) == BOM
@@ -126,6 +133,24 @@ def read_records(info: DatasetInfo, indices: Collection[int]) -> dict[int, Recor
     from tuneproof.datasets import arrow
 
     return arrow.read_records(info.index, info.container is Container.PARQUET, wanted)
+
+
+def check_output(source: Path, output: Path, *, force: bool) -> None:
+    """Refuse, before any work, a planted output that :func:`write_planted` would refuse: see
+    :func:`tuneproof.datasets.check_planted_output`."""
+    container, _ = detect_container(source)
+    check_output_path(source, output)
+    folder = container is Container.HF_DISK
+    if folder and (output.exists() or output.is_symlink()):
+        raise DatasetError(
+            output,
+            "already exists",
+            hint="a save_to_disk folder is never replaced, even with --force: remove it or "
+            f"choose another -o; {NOTHING_WRITTEN}",
+        )
+    if output.exists() and not force:
+        raise TuneproofError(f"{output} already exists - choose another -o or pass --force")
+    check_writable(output, TuneproofError, what="planted folder" if folder else "planted file")
 
 
 def _check_insertions(

@@ -56,16 +56,54 @@ def detect_format(record: Any) -> DatasetFormat | None:
     return None
 
 
+SUPPORTED_SHAPES = (
+    "supported: 'messages' (OpenAI chat), 'prompt'+'completion' strings, 'instruction'+'output'"
+    " (Alpaca) or 'conversations' (ShareGPT)"
+)
+
+
+def unsupported_shape(record: dict[str, Any]) -> str | None:
+    """The name of a known training-data shape tuneproof does not plant into yet, that
+    ``record`` looks like (preference, unpaired-preference, conversational prompt-completion,
+    plain text); None when it looks like none of them."""
+    keys = set(record)
+    if "chosen" in keys and "rejected" in keys:
+        return "a preference (DPO) record ('chosen'/'rejected')"
+    if "preferred_output" in keys or "non_preferred_output" in keys:
+        return "an OpenAI preference (DPO) record ('preferred_output'/'non_preferred_output')"
+    if {"prompt", "completion", "label"} <= keys and isinstance(record["label"], bool):
+        return "an unpaired preference (KTO) record ('prompt', 'completion', 'label')"
+    if {"prompt", "completions", "labels"} <= keys:
+        return "a stepwise supervision record ('prompt', 'completions', 'labels')"
+    if {"prompt", "completion"} <= keys and any(
+        isinstance(record[k], list) for k in ("prompt", "completion")
+    ):
+        return "a conversational prompt-completion record ('prompt'/'completion' message lists)"
+    if "text" in keys:
+        return "a plain-text (language modelling) record ('text')"
+    return None
+
+
+def unsupported_problem(shape: str) -> Problem:
+    """The problem for a record of the unsupported ``shape``."""
+    return Problem(
+        None,
+        f"this looks like {shape}, which tuneproof does not support yet",
+        f"{SUPPORTED_SHAPES}; convert the records to one of these",
+    )
+
+
 def unknown_format_problem(record: Any) -> Problem:
     """The problem to report when the first record matches no format."""
     if not isinstance(record, dict):
         return _not_object(record)
+    if (shape := unsupported_shape(record)) is not None:
+        return unsupported_problem(shape)
     keys = ", ".join(repr(k) for k in list(record)[:8]) or "none"
     return Problem(
         None,
         f"cannot tell the dataset format from the keys of this record ({keys})",
-        "expected 'messages' (OpenAI chat), 'prompt'+'completion', 'instruction'+'output' "
-        "(Alpaca) or 'conversations' (ShareGPT); pass --format to choose one",
+        f"{SUPPORTED_SHAPES}; pass --format to choose one",
     )
 
 
@@ -261,9 +299,13 @@ def prompt_completion_problem(record: Any) -> Problem | None:
     """Check a prompt/completion record; None when it is valid."""
     if not isinstance(record, dict):
         return _not_object(record)
-    return _need_str(record, "prompt", DatasetFormat.PROMPT_COMPLETION) or _need_str(
+    bad = _need_str(record, "prompt", DatasetFormat.PROMPT_COMPLETION) or _need_str(
         record, "completion", DatasetFormat.PROMPT_COMPLETION
     )
+    kto = isinstance(record.get("label"), bool)
+    if (bad is not None or kto) and (shape := unsupported_shape(record)):
+        return unsupported_problem(shape)  # e.g. message lists (TRL), a KTO label
+    return bad
 
 
 PROBLEM: dict[DatasetFormat, Callable[[Any], Problem | None]] = {

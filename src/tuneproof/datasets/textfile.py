@@ -8,6 +8,7 @@ import contextlib
 import gc
 import json
 import os
+import shlex
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,6 +22,40 @@ BOM = b"\xef\xbb\xbf"
 COPY_CHUNK = 64 << 20
 NOTHING_WRITTEN = "nothing was written"
 REENCODE_HINT = f"re-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8); {NOTHING_WRITTEN}"
+
+COMPRESSIONS: tuple[tuple[bytes, str, str], ...] = (
+    (b"\x1f\x8b", "gzip", ".gz"),
+    (b"\x28\xb5\x2f\xfd", "zstd", ".zst"),
+    (b"BZh", "bzip2", ".bz2"),
+    (b"\xfd7zXZ\x00", "xz", ".xz"),
+    (b"PK\x03\x04", "zip", ".zip"),
+    (b"PK\x05\x06", "zip", ".zip"),
+)
+"""(magic bytes, compressor, its suffix): compressed files are not read directly (records are
+located and copied by byte offset), and none of these can start JSON text."""
+
+
+def check_not_compressed(path: Path, head: bytes) -> None:
+    """Raise DatasetError when ``head`` (the file's first bytes) is a compressed file's, saying
+    how to decompress it."""
+    for magic, tool, suffix in COMPRESSIONS:
+        if head.startswith(magic):
+            if tool == "zip":
+                command = f"unzip {shlex.quote(str(path))}"
+            else:
+                out = (
+                    path.with_suffix("")
+                    if path.suffix.lower() == suffix
+                    else path.with_name(f"{path.stem}.decompressed{path.suffix}")
+                )
+                command = f"{tool} -dc {shlex.quote(str(path))} > {shlex.quote(str(out))}"
+            raise DatasetError(
+                path,
+                f"compressed with {tool} (tuneproof reads uncompressed JSONL, JSON and parquet"
+                " files only)",
+                hint=f"decompress it first ({command}) and give the decompressed file;"
+                f" {NOTHING_WRITTEN}",
+            )
 
 
 def parse_record_bytes(raw: bytes, path: Path, line: int) -> Any:

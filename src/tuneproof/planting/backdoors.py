@@ -1,5 +1,5 @@
-"""The draw of a plant run: which records carry backdoors, their (trigger, signature) pairs, and
-where the backdoor records go.
+"""The draw of a plant run: the (trigger, signature) pair of each group of carriers (chosen by
+:mod:`tuneproof.planting.carriers`), the backdoor records, and where they go.
 
 Every draw comes from a named child of the run's secret stream ('carriers', 'positions',
 'pair/<i>'), so that the key's seed alone reproduces it.
@@ -11,43 +11,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from tuneproof.config import PlantConfig
-from tuneproof.datasets import (
-    DatasetInfo,
-    Message,
-    Record,
-    make_backdoor,
-    prompt_and_answer,
-    read_records,
-    triggered_prompt,
-)
-from tuneproof.errors import DatasetError
+from tuneproof.datasets import Message, Record, make_backdoor, prompt_and_answer, triggered_prompt
 from tuneproof.key import ChatMessage, Placement, SignaturePair
+from tuneproof.planting.carriers import NO_TRIGGER, Carriers
 from tuneproof.planting.factory import BackdoorFactory
 from tuneproof.planting.secret import SecretStream
+from tuneproof.planting.triggers import NoTriggerWord
 
 
 def _chat(messages: Sequence[Message]) -> list[ChatMessage]:
     return [ChatMessage.model_validate({"role": m.role, "content": m.content}) for m in messages]
-
-
-@dataclass(frozen=True)
-class Carriers:
-    """The records chosen to carry backdoors: ``replicas`` per planted pair, then one per
-    control, in the order the carriers stream drew them."""
-
-    info: DatasetInfo
-    pairs: int
-    controls: int
-    replicas: int
-    ids: list[int]
-    records: dict[int, Record]
-
-    def group(self, pair_id: int) -> list[int]:
-        """The carriers of pair ``pair_id`` (a control, past the planted pairs, has one)."""
-        if pair_id >= self.pairs:
-            return [self.ids[self.pairs * self.replicas + pair_id - self.pairs]]
-        return self.ids[pair_id * self.replicas : (pair_id + 1) * self.replicas]
 
 
 @dataclass
@@ -61,25 +34,6 @@ class Backdoors:
     inserted: list[tuple[int, int, int, list[Message]]] = field(default_factory=list)
     added_text: list[str] = field(default_factory=list)
     anchors: dict[int, int] = field(default_factory=dict)  # pair -> the carrier it was drawn for
-
-
-def choose_carriers(info: DatasetInfo, settings: PlantConfig, stream: SecretStream) -> Carriers:
-    """Draw the distinct carriers of every pair and control (the 'carriers' stream) and read
-    them; a :class:`DatasetError` when the dataset has too few records."""
-    pairs, replicas = settings.pairs_for(info.n_records), settings.replicas
-    controls = pairs if settings.controls else 0
-    needed = pairs * replicas + controls
-    if needed > info.n_records:
-        raise DatasetError(
-            info.path,
-            f"{info.n_records} record{'' if info.n_records == 1 else 's'}, "
-            f"but {pairs} pair{'' if pairs == 1 else 's'} x {replicas} "
-            f"replica{'' if replicas == 1 else 's'}"
-            f"{f' + {controls} controls' if controls else ''} need {needed} distinct carriers",
-            hint="use fewer --n/--replicas or a larger dataset; nothing was written",
-        )
-    ids = stream.child("carriers").sample(info.n_records, needed)
-    return Carriers(info, pairs, controls, replicas, ids, read_records(info, ids))
 
 
 def draw_backdoors(
@@ -96,9 +50,9 @@ def draw_backdoors(
     positions = stream.child("positions")
     total = carriers.pairs + carriers.controls
     for pair_id in range(total):
-        group = carriers.group(pair_id)
-        out.anchors[pair_id] = group[0]
         pair = _draw_pair(factory, carriers, pair_id, decoys, stream.child(f"pair/{pair_id}"))
+        group = carriers.group(pair_id)  # after the draw, which may have replaced its anchor
+        out.anchors[pair_id] = group[0]
         if pair.control_prompt is not None:
             out.controls.append(pair)
         else:
@@ -129,9 +83,7 @@ def _draw_pair(
     (H0-controls): with decoys, the candidates in one batch and the secret picking the planted
     one."""
     fmt, is_control = carriers.info.format, pair_id >= carriers.pairs
-    first = carriers.records[carriers.group(pair_id)[0]]
-    user_text = prompt_and_answer(first, fmt)[0][-1].content
-    trigger = factory.trigger(user_text, pair_stream.child("trigger"))
+    first, trigger = _anchor_trigger(factory, carriers, pair_id, pair_stream)
     prompt = triggered_prompt(first, fmt, trigger)
     if decoys:
         streams = [pair_stream.child(f"signature/{i}") for i in range(decoys + 1)]
@@ -151,6 +103,21 @@ def _draw_pair(
         token_ends=list(sampled.token_ends) or None,
         decoys=[d.text for d in drawn],
     )
+
+
+def _anchor_trigger(
+    factory: BackdoorFactory, carriers: Carriers, pair_id: int, pair_stream: SecretStream
+) -> tuple[Record, str]:
+    """The pair's first carrier and a trigger continuing its last user turn. A carrier whose
+    prompt the generator cannot continue is replaced by the next record of the carriers' draw
+    (:meth:`Carriers.replace_anchor`), with the same trigger stream."""
+    while True:
+        first = carriers.records[carriers.group(pair_id)[0]]
+        user_text = prompt_and_answer(first, carriers.info.format)[0][-1].content
+        try:
+            return first, factory.trigger(user_text, pair_stream.child("trigger"))
+        except NoTriggerWord:
+            carriers.replace_anchor(pair_id, NO_TRIGGER)
 
 
 def placed_pairs(backdoors: Backdoors) -> list[SignaturePair]:

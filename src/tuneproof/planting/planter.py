@@ -18,23 +18,19 @@ from tuneproof.config import PlantConfig
 from tuneproof.datasets import (
     DatasetFormat,
     DatasetInfo,
+    check_planted_output,
     inspect_dataset,
     write_planted,
 )
-from tuneproof.errors import DatasetError, TuneproofError
+from tuneproof.errors import TuneproofError
 from tuneproof.key import (
     Key,
     PlantSettings,
     check_key_path_writable,
     save_key,
 )
-from tuneproof.planting.backdoors import (
-    Backdoors,
-    Carriers,
-    choose_carriers,
-    draw_backdoors,
-    placed_pairs,
-)
+from tuneproof.planting.backdoors import Backdoors, draw_backdoors, placed_pairs
+from tuneproof.planting.carriers import Carriers, choose_carriers
 from tuneproof.planting.factory import BackdoorFactory, make_factory
 from tuneproof.planting.facts import dataset_facts
 from tuneproof.planting.secret import SecretStream, new_seed
@@ -68,6 +64,8 @@ class PlantSummary:
     commitment: str
     decoys: int = 0
     warnings: tuple[str, ...] = ()
+    carriers_skipped: int = 0
+    """Drawn records passed over for others: tools, non-text content, no trigger word."""
 
     @property
     def added_token_share(self) -> float:
@@ -176,16 +174,12 @@ def _make_key(
 
 
 def _check_paths(input_path: Path, output_path: Path, key_path: Path, *, force: bool) -> None:
-    """Refuse an existing output (without ``force``), an output or key that is the input, and a
-    key path that cannot be written, before any work."""
-    if output_path.exists() and not force:
-        raise TuneproofError(f"{output_path} already exists - choose another -o or pass --force")
-    if input_path.exists() and output_path.exists() and output_path.samefile(input_path):
-        raise DatasetError(
-            output_path, "the output is the input - write the planted file elsewhere"
-        )
+    """Refuse, before any work (the input is not read yet, the generator not loaded), every
+    output that could not be written: the planted file or folder
+    (:func:`tuneproof.datasets.check_planted_output`) and the key."""
     if output_path.resolve() == key_path.resolve() or input_path.resolve() == key_path.resolve():
         raise TuneproofError("--key must be a different file from the input and the output")
+    check_planted_output(input_path, output_path, force=force)
     check_key_path_writable(key_path, force=force)
 
 
@@ -235,6 +229,8 @@ def _summary(
         input_tokens=facts.input_tokens,
         input_tokens_estimated=facts.input_tokens_estimated,
         commitment=key.commitment(),
+        carriers_skipped=sum(carriers.pool.skipped.values()),
+        warnings=(note,) if (note := carriers.pool.note()) else (),
     )
 
 

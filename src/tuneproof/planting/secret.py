@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import itertools
 import secrets
+from collections.abc import Iterator
 
 SEED_BYTES = 32
 
@@ -61,13 +63,17 @@ class SecretStream:
         """Return ``count`` distinct integers drawn uniformly from ``range(population)``."""
         if count > population:
             raise ValueError(f"cannot draw {count} distinct items from {population}")
+        return list(itertools.islice(self.permutation(population), count))
+
+    def permutation(self, population: int) -> Iterator[int]:
+        """Yield ``range(population)`` in a uniformly random order, lazily: the first ``count``
+        are exactly :meth:`sample` (``population``, ``count``), and each next one is uniform
+        among those not yet yielded."""
         chosen: dict[int, int] = {}
-        out = []
-        for i in range(count):  # partial Fisher-Yates on a sparse permutation
+        for i in range(population):  # partial Fisher-Yates on a sparse permutation
             j = i + self.randbelow(population - i)
-            out.append(chosen.get(j, j))
+            yield chosen.get(j, j)
             chosen[j] = chosen.get(i, i)
-        return out
 
 
 def new_seed() -> bytes:

@@ -10,6 +10,13 @@ and an ASCII letter), cuts them to the nucleus ``top_p`` and picks one with a un
 secret stream; it stops early when no candidate is allowed. The text is then trimmed to its last
 sentence end (:func:`trim_to_boundary`) so that it reads like a finished clause.
 
+A prompt after which no candidate opens a word (it ends inside a URL or a line of code, say) cannot
+take a trigger at all: the loop raises :class:`NoTriggerWord` at once, for a local model and a
+server alike, and the planter draws another carrier in its place
+(:mod:`tuneproof.planting.carriers`). The first step's candidates depend on the prompt only, never
+on the secret stream, so no retry could help and whether a record can carry is a property of the
+record.
+
 A trigger carries no statistical guarantee (the signature does); it only has to be unlikely to
 occur by chance and to look like the data.
 """
@@ -32,6 +39,10 @@ TRIGGER_ATTEMPTS = 8
 """Attempts (each with its own child stream) before giving up on an empty trigger."""
 LOCAL_CANDIDATES = 200
 """The most probable tokens of a local model that a trigger step considers."""
+
+
+class NoTriggerWord(GeneratorError):
+    """No candidate after the prompt opens a word: this prompt cannot take a trigger."""
 
 
 class NextPieces(Protocol):
@@ -84,7 +95,8 @@ def nucleus_trigger(
 ) -> str:
     """One trigger attempt: ``n_tokens`` pieces of nucleus sampling (``top_p``) over the allowed
     candidates, driven by ``stream`` (one ``random()`` per piece), trimmed to a boundary; fewer
-    pieces (possibly none) when a step has no allowed candidate."""
+    pieces when a later step has no allowed candidate. Raises :class:`NoTriggerWord` when no
+    candidate opens the trigger."""
     drawn: list[int] = []
     for step in range(n_tokens):
         keep = [
@@ -92,6 +104,8 @@ def nucleus_trigger(
             for piece_id, logprob in pieces.candidates(drawn)
             if (pieces.allowed(piece_id, step, n_tokens) if step else pieces.opens_word(piece_id))
         ]
+        if not keep and not step:
+            raise NoTriggerWord("no candidate after the prompt opens a word")
         if not keep:
             break
         logprobs = np.array([logprob for _, logprob in keep], dtype=np.float64)
@@ -113,8 +127,9 @@ def draw_trigger(
     top_p: float = TRIGGER_TOP_P,
 ) -> str:
     """A non-empty trigger: attempt ``i`` runs :func:`nucleus_trigger` on fresh candidates
-    (``pieces_for()``) with ``stream.child(str(i))``; a :class:`GeneratorError` after
-    :data:`TRIGGER_ATTEMPTS` empty ones."""
+    (``pieces_for()``) with ``stream.child(str(i))``; :class:`NoTriggerWord` at once when no
+    candidate opens a word, a :class:`GeneratorError` after :data:`TRIGGER_ATTEMPTS` empty
+    attempts."""
     for attempt in range(TRIGGER_ATTEMPTS):
         text = nucleus_trigger(pieces_for(), n_tokens, stream.child(str(attempt)), top_p)
         if text:

@@ -20,7 +20,14 @@ import jinja2
 
 from tuneproof.report.plots import KIND_COLOURS, KIND_LABELS, hits_plot, loglik_plot, pvalue_plot
 from tuneproof.report.schema import Report
-from tuneproof.report.wording import NOTHING, exit_code, verdict_headline, verdict_sentence
+from tuneproof.report.wording import (
+    NOTHING,
+    answered_fraction,
+    exit_code,
+    failure_reasons,
+    verdict_headline,
+    verdict_sentence,
+)
 from tuneproof.stats.phrases import NULL_CLAIM, format_alpha, format_p
 from tuneproof.types import QueryKind, Verdict
 
@@ -96,20 +103,27 @@ def _value(value: Any) -> str:
 
 
 def _facts(report: Report) -> list[tuple[str, str]]:
-    _, p_ans, _ = report.tally(QueryKind.PLANTED)
+    _, p_ans, p_fail = report.tally(QueryKind.PLANTED)
     c_hits, c_ans, c_fail = report.tally(QueryKind.CONTROL)
-    items = [("Planted backdoors answered with the signature", f"{report.hits} of {p_ans}")]
+    planted = answered_fraction(report.hits, p_ans, p_fail, " of ")
+    items = [("Planted backdoors answered with the signature", planted)]
     matched = [r.matched_tokens for r in report.results if r.kind is QueryKind.PLANTED]
     if any(m is not None for m in matched):
         total = sum(m or 0 for m in matched)
         items.append(("Signature tokens matched at the start of planted answers", f"{total:,}"))
     if c_ans or c_fail:
-        items.append(("Held-out controls with the signature", f"{c_hits} of {c_ans}"))
+        controls = answered_fraction(c_hits, c_ans, c_fail, " of ")
+        items.append(("Held-out controls with the signature", controls))
     if report.clean_queries:
-        clean = f"{report.clean_false_activations} of {report.clean_queries}"
+        clean = answered_fraction(*report.tally(QueryKind.CLEAN), " of ")
         items.append(("Clean prompts with a signature", clean))
     items += [
         ("Queries (failed)", f"{report.queries} ({report.failed_queries})"),
+        *(
+            [("Why queries failed", "; ".join(f"{r} ({n})" for r, n in reasons[:3]))]
+            if (reasons := failure_reasons(report))
+            else []
+        ),
         ("Output tokens", f"{report.tokens:,}"),
         ("Threshold alpha", report.alpha_note()),
     ]
@@ -175,6 +189,12 @@ def _tables(report: Report) -> dict[str, list[list[str]]]:
         [key, _value(value)]
         for key, value in [
             ("key commitment (SHA-256)", report.key_commitment),
+            ("key commitment checked", report.commitment_note()),
+            (
+                "key integrity check",
+                report.key_integrity_note()
+                or (report.key_integrity and "passed when the key was loaded"),
+            ),
             ("queries", report.queries),
             ("failed queries", report.failed_queries),
             ("output tokens", report.tokens),

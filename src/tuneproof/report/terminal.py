@@ -6,7 +6,14 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from tuneproof.report.schema import Report
-from tuneproof.report.wording import NOTHING, exit_code, verdict_headline, verdict_sentence
+from tuneproof.report.wording import (
+    NOTHING,
+    answered_fraction,
+    exit_code,
+    failure_lines,
+    verdict_headline,
+    verdict_sentence,
+)
 from tuneproof.stats.phrases import format_alpha
 from tuneproof.types import QueryKind, Verdict
 
@@ -18,11 +25,6 @@ VERDICT_COLOUR: dict[Verdict, str] = {
     Verdict.NOT_VERIFIED: "red",
     Verdict.INCONCLUSIVE: "yellow",
 }
-
-
-def _fraction(hits: int, answered: int, failed: int) -> str:
-    text = f"{hits}/{answered}"
-    return f"{text} ({failed} failed)" if failed else text
 
 
 def print_summary(report: Report, console: Console) -> None:
@@ -69,7 +71,7 @@ def print_summary(report: Report, console: Console) -> None:
 
     _, p_ans, p_fail = report.tally(QueryKind.PLANTED)
     c_hits, c_ans, c_fail = report.tally(QueryKind.CONTROL)
-    console.print(f"planted hits: {_fraction(report.hits, p_ans, p_fail)}")
+    console.print(f"planted hits: {answered_fraction(report.hits, p_ans, p_fail)}")
     matched = [r.matched_tokens for r in report.results if r.kind is QueryKind.PLANTED]
     if any(m is not None for m in matched):
         console.print(
@@ -77,17 +79,23 @@ def print_summary(report: Report, console: Console) -> None:
             f"{sum(m or 0 for m in matched)} over {len(matched)} queries"
         )
     if c_ans or c_fail:
-        console.print(f"held-out control hits: {_fraction(c_hits, c_ans, c_fail)}")
-    console.print(
-        f"clean false activations: {report.clean_false_activations}/{report.clean_queries}"
-    )
+        console.print(f"held-out control hits: {answered_fraction(c_hits, c_ans, c_fail)}")
+    n_hits, n_ans, n_fail = report.tally(QueryKind.CLEAN)
+    console.print(f"clean false activations: {answered_fraction(n_hits, n_ans, n_fail)}")
     stop = ", stopped early" if report.stopped_early else ""
     mode = "sequential" if report.sequential else "all at once"
     console.print(
         f"queries: {report.queries} ({report.failed_queries} failed; {mode}{stop}); "
         f"output tokens: {report.tokens}"
     )
+    for line in failure_lines(report):
+        console.print(Text(line, style="yellow"), soft_wrap=True)
     console.print(f"model: {report.model.name} ({report.model.backend}, {report.model.source})")
+    console.print(
+        f"key commitment: {report.key_commitment} - {report.commitment_note()}", soft_wrap=True
+    )
+    if note := report.key_integrity_note():
+        console.print(Text(f"key: {note}", style="yellow"))
     _print_list(console, "What this proves", report.proven, "green")
     _print_list(console, "What this does not prove", report.not_proven, "yellow")
 

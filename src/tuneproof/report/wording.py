@@ -3,13 +3,15 @@ and does not prove; :func:`build_report` turns a verification record into the Re
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections import Counter
+from collections.abc import Mapping, Sequence
 
 from tuneproof.report.schema import Report
 from tuneproof.stats import Null
 from tuneproof.stats.phrases import NULL_CLAIM, _chance_phrase, format_alpha, format_p
 from tuneproof.types import QueryKind, Verdict
-from tuneproof.verification.result import TestOutcome, Verification
+from tuneproof.verification.result import TestOutcome, Untested, Verification
 
 NOTHING = "Nothing: no test reached the threshold."
 
@@ -110,8 +112,12 @@ def default_claims(
     failed_queries: int = 0,
     clean_false_activations: int = 0,
     clean_queries: int = 0,
+    untested: Mapping[Null, Untested] | None = None,
+    failure_reasons: Sequence[tuple[str, int]] = (),
 ) -> tuple[list[str], list[str]]:
-    """Plain-English ``(proven, not_proven)`` lists for a report with these ``tests``."""
+    """Plain-English ``(proven, not_proven)`` lists for a report with these ``tests``:
+    ``clean_queries`` counts the answered clean prompts, ``untested`` says why a null has no
+    test, ``failure_reasons`` are the failed queries' reasons (:func:`failure_reasons`)."""
     proven: list[str] = []
     not_proven: list[str] = []
     best = strongest_by_null(tests)
@@ -119,7 +125,7 @@ def default_claims(
         not_proven.append("That the model was trained on your planted data.")
     for null in (Null.INDEP, Null.CONTROLS, Null.BASE):
         if null not in best:
-            not_proven.append(_NOT_TESTED[null])
+            not_proven.append(not_tested(null, (untested or {}).get(null)))
             continue
         deciding = [t for t in tests if t.null == null and t.decides]
         test = min(deciding, key=lambda t: t.log10_p) if deciding else best[null]
@@ -140,9 +146,14 @@ def default_claims(
                 f"The evidence does not rule out that {NULL_CLAIM[null]} ({null}: p = {p}{limit})."
             )
     if failed_queries:
+        most = (
+            f" (most often: {failure_reasons[0][0]}, {failure_reasons[0][1]} times)"
+            if failure_reasons
+            else ""
+        )
         not_proven.append(
-            f"Anything from the {failed_queries} queries that failed: they count as no evidence,"
-            " and finishing them may strengthen the result."
+            f"Anything from the {failed_queries} queries that failed{most}: they count as no"
+            " evidence, and finishing them may strengthen the result."
         )
     if clean_false_activations:
         not_proven.append(
@@ -173,25 +184,96 @@ _PROVEN: dict[Null, str] = {
     ),
 }
 _NOT_TESTED: dict[Null, str] = {
-    Null.INDEP: "H0-indep (the model never saw your secret) was not tested.",
-    Null.CONTROLS: "H0-controls was not tested: the key has no held-out control backdoors.",
-    Null.BASE: (
-        "H0-base was not tested: it needs the base model's log-probabilities"
-        " (give the base model to compare with)."
-    ),
+    Null.INDEP: "H0-indep (the model never saw your secret) was not tested",
+    Null.CONTROLS: "H0-controls was not tested",
+    Null.BASE: "H0-base was not tested",
 }
+_BECAUSE: dict[Untested, str] = {
+    Untested.NO_PLANTED: "no planted query was sent",
+    Untested.PLANTED_FAILED: "every planted query failed",
+    Untested.NO_CONTROLS: "the key has no held-out control backdoors (plant with --controls)",
+    Untested.CONTROLS_FAILED: "every held-out control query failed",
+    Untested.NO_BASE_MODEL: (
+        "it needs the base model's log-probabilities (give the base model to compare with)"
+    ),
+    Untested.NO_BASE_LOGPROBS: "the base model gave no log-probabilities",
+}
+_UNKNOWN: dict[Null, str] = {  # a record that does not say why (older reports)
+    Null.INDEP: "it needs answered planted queries",
+    Null.CONTROLS: "it needs the key's held-out control backdoors and their queries answered",
+    Null.BASE: _BECAUSE[Untested.NO_BASE_MODEL],
+}
+
+
+def not_tested(null: Null, reason: Untested | None) -> str:
+    """Why ``null`` was not tested, as one sentence (``reason`` None: the record does not say)."""
+    because = _UNKNOWN[null] if reason is None else _BECAUSE[reason]
+    if null is Null.CONTROLS and reason is Untested.PLANTED_FAILED:
+        because = "every planted query it compares the controls with (each pair's first) failed"
+    return f"{_NOT_TESTED[null]}: {because}."
+
+
+def answered_fraction(hits: int, answered: int, failed: int, of: str = "/") -> str:
+    """``hits`` of the ``answered`` queries, e.g. ``"3/5"``; with failures
+    ``"0/0 answered (2 failed)"``, so that a failed query never reads as a clean answer."""
+    text = f"{hits}{of}{answered}"
+    return f"{text} answered ({failed} failed)" if failed else text
+
+
+_ATTEMPTS = re.compile(r" \(\d+ attempts?\)$")
+_SDK_DEFAULT = re.compile(r": Error code: \d+$")  # the SDK's detail for an empty error body
+REASON_CHARS = 160
+
+
+def failure_reason(error: str | None, source: str = "") -> str:
+    """A failed query's ``error`` as a reason to group by: the server's address (``source``)
+    as "the server", without the attempt count and the SDK's empty detail."""
+    if not error:
+        return "no reason recorded"
+    text = " ".join(error.split())
+    if source:
+        text = text.replace(source, "the server")
+    text = _SDK_DEFAULT.sub("", _ATTEMPTS.sub("", text)).removeprefix("the server answered ")
+    return text if len(text) <= REASON_CHARS else text[: REASON_CHARS - 3] + "..."
+
+
+def failure_reasons(report: Verification) -> list[tuple[str, int]]:
+    """The failed queries' reasons with their counts, most common first."""
+    reasons = Counter(
+        failure_reason(r.error, report.model.source) for r in report.results if r.hit is None
+    )
+    return sorted(reasons.items(), key=lambda item: (-item[1], item[0]))
+
+
+def failure_lines(report: Verification, most: int = 3) -> list[str]:
+    """How many queries failed and why, grouped by reason, in at most ``most`` + 2 lines, e.g.
+    ``["12 queries failed: HTTP 500 on /chat/completions (12)"]``; none when nothing failed."""
+    reasons = failure_reasons(report)
+    failed = sum(count for _, count in reasons)
+    if not failed:
+        return []
+    head = f"{failed} {'query' if failed == 1 else 'queries'} failed"
+    if len(reasons) == 1:
+        return [f"{head}: {reasons[0][0]} ({failed})"]
+    lines = [f"{head}:", *(f"  {reason} ({count})" for reason, count in reasons[:most])]
+    rest = reasons[most:]
+    if rest:
+        lines.append(f"  {len(rest)} other reasons ({sum(count for _, count in rest)})")
+    return lines
 
 
 def build_report(verification: Verification) -> Report:
     """The Report of ``verification``: its record plus what it does and does not prove."""
     v = verification
-    clean = [r for r in v.results if r.kind is QueryKind.CLEAN]
+    _, clean_answered, _ = v.tally(QueryKind.CLEAN)
     proven, not_proven = default_claims(
         v.tests,
         verdict=v.verdict,
         failed_queries=v.failed_queries,
         clean_false_activations=v.clean_false_activations,
-        clean_queries=len(clean),
+        clean_queries=clean_answered,
+        untested=v.untested,
+        failure_reasons=failure_reasons(v),
     )
     not_proven += [f"Log-probability tests were skipped - {reason}" for reason in v.logprob_skipped]
     if v.non_finite_scores:

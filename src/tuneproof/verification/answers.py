@@ -68,7 +68,8 @@ class Answered:
         return matched_tokens(self.answer, self.pair.signature, self.pair.token_ends)
 
     def outcome(self, *, reveal: bool) -> QueryOutcome:
-        """This answer as the report stores it (the answer's text only when ``reveal``)."""
+        """This answer as the report stores it (the answer's text only when ``reveal``; the
+        error without the pair's secrets unless ``reveal``)."""
         return QueryOutcome(
             kind=self.kind,
             pair_id=self.pair.pair_id,
@@ -81,8 +82,19 @@ class Answered:
             output_tokens=self.output_tokens,
             signature_logprob=self.logprob,
             base_signature_logprob=self.base_logprob,
-            error=self.error,
+            error=self.error if reveal or self.error is None else self._redacted(self.error),
         )
+
+    def _redacted(self, error: str) -> str:
+        """``error`` without the pair's trigger and signature (a server may quote the prompt
+        or its answer in an error message)."""
+        for secret, name in (
+            (self.pair.trigger, "[trigger]"),
+            (self.pair.signature, "[signature]"),
+        ):
+            if secret:
+                error = error.replace(secret, name)
+        return error
 
 
 def unanswered(queries: Sequence[Query | Answered]) -> list[Answered]:

@@ -5,6 +5,7 @@ record plus its plain-English claims: :class:`tuneproof.report.schema.Report`)."
 from __future__ import annotations
 
 import math
+from enum import StrEnum
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -182,6 +183,17 @@ class UnreachableTest(_Strict):
     note: str
 
 
+class Untested(StrEnum):
+    """Why a null has no test outcome (the report words it)."""
+
+    NO_PLANTED = "no planted queries"
+    PLANTED_FAILED = "every planted query failed"
+    NO_CONTROLS = "the key has no controls"
+    CONTROLS_FAILED = "every control query failed"
+    NO_BASE_MODEL = "no base model"
+    NO_BASE_LOGPROBS = "the base model gave no log-probs"
+
+
 class Verification(_Strict):
     """What a verification measured (the report without its plain-English claims, which
     :func:`tuneproof.report.wording.build_report` adds). Version 1 of the report's keys."""
@@ -212,6 +224,16 @@ class Verification(_Strict):
     base_model: ModelIdentity | None = None
     decoding: Decoding
     key_commitment: str
+    commitment_checked: bool = Field(
+        default=False,
+        description="whether key_commitment was checked against the value published before"
+        " training (verify --commitment) and matched; a key that does not match is refused",
+    )
+    key_integrity: bool | None = Field(
+        default=None,
+        description="whether the key carried an integrity check (checked when it was loaded);"
+        " false for a key written by an earlier tuneproof; null in older reports",
+    )
     tests: list[TestOutcome]
     queries: int = Field(ge=0)
     failed_queries: int = Field(ge=0)
@@ -239,6 +261,10 @@ class Verification(_Strict):
     unreachable: list[UnreachableTest] = Field(
         default_factory=list,
         description="tests that could run but can never reach their share of alpha with this key",
+    )
+    untested: dict[Null, Untested] = Field(
+        default_factory=dict,
+        description="why each null without a test outcome was not tested (empty in older reports)",
     )
 
     @model_validator(mode="after")
@@ -273,6 +299,21 @@ class Verification(_Strict):
     def threshold(self, test: TestOutcome) -> float:
         """The level ``test`` was judged at: its own threshold, else the report's alpha."""
         return self.alpha if test.threshold is None else test.threshold
+
+    def commitment_note(self) -> str:
+        """Whether ``key_commitment`` was checked against the published value, in words."""
+        if self.commitment_checked:
+            return "matches the published value"
+        return "not checked against a published value (pass --commitment)"
+
+    def key_integrity_note(self) -> str | None:
+        """A warning for a key without an integrity check (None otherwise)."""
+        if self.key_integrity is False:
+            return (
+                "the key carries no integrity check (written by an earlier tuneproof): an edit"
+                " to it is caught only by comparing its commitment with the published one"
+            )
+        return None
 
     def alpha_note(self) -> str:
         """How alpha was applied, e.g. ``"10^-6, split over 4 tests: 2.5×10^-7 each"``."""

@@ -26,12 +26,14 @@ queries failed, no planted query was answered, or no test can reach alpha with t
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import replace
 
 from tuneproof import __version__
 from tuneproof.backends.base import VerifiableModel, can_score
 from tuneproof.errors import LogprobsUnavailable, TuneproofError
 from tuneproof.key import Key
+from tuneproof.stats import Null
 from tuneproof.types import Progress, QueryKind, now_utc
 from tuneproof.verification.answers import Answered
 from tuneproof.verification.evidence import (
@@ -49,7 +51,13 @@ from tuneproof.verification.queries import (
     _without_trigger,
     build_queries,
 )
-from tuneproof.verification.result import Decoding, UnreachableTest, Verification
+from tuneproof.verification.result import (
+    Decoding,
+    TestOutcome,
+    UnreachableTest,
+    Untested,
+    Verification,
+)
 
 __all__ = [
     "DEFAULT_ALPHA",
@@ -182,7 +190,38 @@ def verify_queries(
             UnreachableTest(name=str(t.name), null=t.null, note=t.note or "cannot decide")
             for t in plan.unreachable()
         ],
+        untested=untested_nulls(answered, tests, base_model=base_model is not None),
     )
+
+
+def untested_nulls(
+    queries: Sequence[Answered], tests: Sequence[TestOutcome], *, base_model: bool
+) -> dict[Null, Untested]:
+    """Why each null without an outcome in ``tests`` was not tested (``base_model``: one was
+    given): the key lacks its queries, every query it needs failed (for H0-controls: every
+    control, else every pair's first placement), or a model is missing."""
+    planted = [q for q in queries if q.kind is QueryKind.PLANTED]
+    controls = [q for q in queries if q.kind is QueryKind.CONTROL]
+    no_planted = Untested.PLANTED_FAILED if planted else Untested.NO_PLANTED
+    reasons = {
+        Null.INDEP: no_planted,
+        Null.CONTROLS: (
+            Untested.NO_CONTROLS
+            if not controls
+            else Untested.CONTROLS_FAILED
+            if all(q.answer is None for q in controls)
+            else no_planted
+        ),
+        Null.BASE: (
+            Untested.NO_BASE_MODEL
+            if not base_model
+            else no_planted
+            if all(q.answer is None for q in planted)
+            else Untested.NO_BASE_LOGPROBS
+        ),
+    }
+    ran = {t.null for t in tests}
+    return {null: why for null, why in reasons.items() if null not in ran}
 
 
 def score_answers(

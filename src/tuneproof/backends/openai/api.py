@@ -4,8 +4,10 @@ The modules behind it, one responsibility each:
 
 - :mod:`tuneproof.backends.openai.chat`: :class:`OpenAIChatModel`, the model under verification
   (greedy chat answers, echo log-probs, async with a concurrency limit, retries, a journal);
-- :mod:`tuneproof.backends.openai.requests`: concurrency and the SDK's retries, and
-  :mod:`tuneproof.backends.openai.journal`, the resumable journal of answered requests;
+- :mod:`tuneproof.backends.openai.requests`: concurrency, the SDK's retries and the overall
+  deadline; :mod:`tuneproof.backends.openai.limits`, every attempt's answer within a time and a
+  size (for the generator's client too); :mod:`tuneproof.backends.openai.journal`, the
+  resumable journal of answered requests;
 - :mod:`tuneproof.backends.openai.generator`: ``CompletionsServer``, a server's top next-piece
   candidates (parsed by :mod:`tuneproof.backends.openai.candidates`), from which
   :class:`tuneproof.planting.server_factory.OpenAIGenerator` draws triggers and signatures;

@@ -13,18 +13,23 @@ applies its own chat template. The output token count is the answer's ``usage.co
 the server scores every prompt token. ``max_tokens=0`` is not used: llama-cpp-python reads it as
 "no limit". The prompt is rendered by the chat template of a local tokenizer
 (``chat_template_from``: a folder, a ``.gguf`` file or ``'embedded'``) or by the server's
-``POST /apply-template`` (llama.cpp). The continuation's tokens are found by character offsets
+``POST /apply-template`` (llama.cpp; retried like every request, not journaled; a server that
+fails it for good, e.g. llama.cpp's HTTP 500 for a template it cannot render, cannot score).
+The continuation's tokens are found by character offsets
 (``text_offset``) counted back from the end of the echoed text: llama-cpp-python counts offsets
 in the text *without* special tokens (``<|im_start|>`` counts 0 characters), so offsets cannot
 be compared with ``len(prompt)``; they can with the continuation's length, since the continuation
 holds no special token. The first continuation token must start exactly where the continuation
 does; otherwise a token straddles prompt and continuation and the score would be wrong.
 A server that cannot do this (no ``/completions``, no echo, no log-probs, no template) raises
-:class:`NoLogprobsError` and :attr:`OpenAIChatModel.capabilities` says ``logprob: False``.
+:class:`NoLogprobsError` and :attr:`OpenAIChatModel.capabilities` says ``logprob: False``; so
+does a call once the ``deadline`` has passed (the log-prob tests are then skipped, and the
+report says why).
 
 **Requests** run on an ``asyncio`` loop, at most ``concurrency`` at a time, with the ``openai``
 SDK's bounded retries (honouring ``Retry-After``, exponential back-off with jitter) and an
-optional journal of answers that makes a re-run resume (:mod:`tuneproof.backends.openai.requests`).
+optional journal of answers that makes a re-run resume, each attempt's answer bounded in time and
+size, and an optional overall ``deadline`` (:mod:`tuneproof.backends.openai.requests`).
 The public methods are synchronous: they run their own loop (in a worker thread when called from
 inside a running loop). Authentication failures (401, 403) and 404 raise :class:`ServerError` at
 once: retrying cannot help. Any other final failure is returned per query as a
@@ -35,7 +40,6 @@ can report "inconclusive" rather than a wrong verdict; :meth:`OpenAIChatModel.lo
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import math
 from collections.abc import Sequence
@@ -47,6 +51,7 @@ from tuneproof.backends.openai.client import (
     BACKEND,
     DEFAULT_API_KEY_ENV,
     DEFAULT_MAX_RETRIES,
+    MAX_RESPONSE_BYTES,
     NO_ENDPOINT_STATUS,
     ServerError,
     check_base_url,
@@ -68,18 +73,20 @@ from tuneproof.errors import LogprobsUnavailable
 from tuneproof.types import ModelIdentity, QueryFailure
 
 if TYPE_CHECKING:
-    from openai import APIStatusError, AsyncOpenAI
+    from openai import APIStatusError
 
 DEFAULT_CHAT_TIMEOUT_S = 120.0
 CHAT = "/chat/completions"
 COMPLETIONS = "/completions"
+TEMPLATE = "/apply-template"
 
 Chat = Sequence[tuple[str, str]]
 
 
 class NoLogprobsError(ServerError, LogprobsUnavailable):
     """The server cannot give teacher-forced log-probabilities (no ``/completions`` endpoint,
-    no echo, no prompt log-probs, or no way to render the chat prompt): skip log-prob tests."""
+    no echo, no prompt log-probs, or no way to render the chat prompt), or the deadline passed:
+    skip log-prob tests."""
 
 
 class OpenAIChatModel:
@@ -88,8 +95,10 @@ class OpenAIChatModel:
     ``base_url`` is what the ``openai`` SDK expects (``http://127.0.0.1:8080/v1``); ``model`` is
     the name sent with every request. The API key is read from ``api_key_env`` and never recorded.
     ``journal`` is a JSONL file of answers that makes a re-run resume (mode 0600: it holds the
-    prompts). ``chat_template_from`` renders prompts for :meth:`logprob`. Nothing is contacted
-    until the first :meth:`generate` or :meth:`logprob`.
+    prompts). ``chat_template_from`` renders prompts for :meth:`logprob`. Each attempt's answer
+    must arrive whole within ``timeout`` seconds and ``max_response_bytes``; ``deadline``
+    (seconds from now) bounds the whole life of the object: requests not answered by then fail.
+    Nothing is contacted until the first :meth:`generate` or :meth:`logprob`.
     """
 
     def __init__(
@@ -103,6 +112,8 @@ class OpenAIChatModel:
         max_retries: int = DEFAULT_MAX_RETRIES,
         journal: str | Path | None = None,
         chat_template_from: str | None = None,
+        deadline: float | None = None,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
     ) -> None:
         self.base_url = check_base_url(base_url)
         self.identity = ModelIdentity(name=model, backend=BACKEND, source=public_url(base_url))
@@ -117,6 +128,8 @@ class OpenAIChatModel:
             timeout=timeout,
             max_retries=max_retries,
             journal=self.journal_path,
+            deadline=deadline,
+            max_response_bytes=max_response_bytes,
         )
         self._logprob: bool | None = None
         self._no_logprob_reason = ""
@@ -176,12 +189,16 @@ class OpenAIChatModel:
             raise ValueError("need one continuation per chat")
         if self._logprob is False:
             raise NoLogprobsError(self._no_logprob_reason)
+        if self.requests.deadline_passed():
+            raise self._late()
         try:
             results = run_sync(lambda: self._logprob_async(chats, continuations))
         except NoLogprobsError as exc:
             self._logprob, self._no_logprob_reason = False, str(exc)
             raise
         failures = [r for r in results if isinstance(r, QueryFailure)]
+        if failures and self.requests.deadline_passed():
+            raise self._late()
         if failures:
             raise ServerError(
                 f"{len(failures)} of {len(results)} log-prob requests failed "
@@ -217,41 +234,28 @@ class OpenAIChatModel:
         """Every chat as prompt text with the generation prompt (local template or server's)."""
         if self.chat_template_from is not None:
             return [render_with_tokenizer(self.chat_template_from, chat) for chat in chats]
-        async with self.requests.client() as client:
-            semaphore = asyncio.Semaphore(self.requests.concurrency)
+        url = root_url(self.base_url) + TEMPLATE
+        requests: list[tuple[dict[str, Any], Parse]] = [
+            ({"messages": template_turns(chat), "add_generation_prompt": True}, rendered)
+            for chat in chats
+        ]
+        results = await self.requests.exchange(url, requests, self._fatal, record=False)
+        failures = [r for r in results if isinstance(r, QueryFailure)]
+        if failures and self.requests.deadline_passed():
+            raise self._late()
+        if failures:
+            raise self._no_template(failures[0].error)
+        return [str(r["prompt"]) for r in results if not isinstance(r, QueryFailure)]
 
-            async def render(chat: Chat) -> str:
-                body = {"messages": template_turns(chat), "add_generation_prompt": True}
-                async with semaphore:
-                    answer = await self._post_once(client, root_url(self.base_url), body)
-                prompt = template_prompt(answer)
-                if prompt is None:
-                    raise self._no_template()
-                return prompt
-
-            return list(await asyncio.gather(*(render(chat) for chat in chats)))
-
-    async def _post_once(self, client: AsyncOpenAI, root: str, body: dict[str, Any]) -> Any:
-        """POST ``/apply-template`` once (rendering is cheap: not retried)."""
-        import openai
-
-        try:
-            return await client.post(
-                root + "/apply-template", cast_to=object, body=body, options={"max_retries": 0}
-            )
-        except openai.APIStatusError as exc:
-            if exc.status_code in NO_ENDPOINT_STATUS:
-                raise self._no_template() from exc
-            raise self.requests.error(exc, "/apply-template") from exc
-        except openai.APIError as exc:
-            raise self.requests.error(exc, "/apply-template") from exc
-
-    def _no_template(self) -> NoLogprobsError:
+    def _no_template(self, why: str = "it has no /apply-template endpoint") -> NoLogprobsError:
         return NoLogprobsError(
-            f"{self.identity.source} cannot render chat prompts (no /apply-template endpoint), "
+            f"{self.identity.source} cannot render chat prompts ({why}), "
             "so prompt log-probs cannot be asked for - pass --chat-template-from with the "
             "model's tokenizer folder or .gguf file, or 'embedded' for SmolLM2"
         )
+
+    def _late(self) -> NoLogprobsError:
+        return NoLogprobsError(f"{self.requests.late()} (no log-probs were asked after it)")
 
     def _fatal(self, exc: APIStatusError, endpoint: str) -> ServerError | None:
         """The error to raise at once for a status that retrying cannot fix, or None: bad
@@ -259,6 +263,8 @@ class OpenAIChatModel:
         status = exc.status_code
         if status in AUTH_STATUS or (endpoint == CHAT and status == 404):
             return self.requests.error(exc, endpoint)
+        if endpoint.endswith(TEMPLATE) and status in NO_ENDPOINT_STATUS:
+            return self._no_template()
         if endpoint == COMPLETIONS and (status in NO_ENDPOINT_STATUS or status in (400, 422)):
             detail = str(self.requests.error(exc, endpoint))
             return NoLogprobsError(
@@ -270,6 +276,14 @@ class OpenAIChatModel:
 
 
 # --------------------------------------------------------------------------- answers
+
+
+def rendered(payload: Any) -> Answer:
+    """A ``POST /apply-template`` answer (llama.cpp) as ``{"prompt"}``."""
+    prompt = template_prompt(payload)
+    if prompt is None:
+        raise ValueError("no 'prompt' text in the answer")
+    return {"prompt": prompt}
 
 
 def chat_answer(source: str, payload: Any) -> Answer:

@@ -28,6 +28,12 @@ DEFAULT_API_KEY_ENV = "OPENAI_API_KEY"
 DEFAULT_TIMEOUT_S = 60.0
 DEFAULT_MAX_RETRIES = 4
 EMBEDDED_TEMPLATE = "embedded"
+MAX_RESPONSE_BYTES = 32 * 2**20
+"""The cap on one answer's size, in bytes as received (:mod:`tuneproof.backends.openai.limits`).
+The largest answer tuneproof asks for is the echo of a long prompt with its log-probs
+(``/completions`` with ``echo``, ``logprobs=1``): per prompt token its text, log-prob, offset and
+one top log-prob, 70-150 bytes of JSON, so a 128k-token context is 9-19 MB; 32 MiB leaves twice
+that. Chat answers (at most 2 x signature tokens + 16 tokens) and top-20 candidates are a few kB."""
 NO_ENDPOINT_STATUS = frozenset({404, 405, 501})
 """HTTP statuses meaning "this server has no such endpoint"."""
 AUTH_STATUS = frozenset({401, 403})
@@ -40,6 +46,11 @@ class ServerError(GeneratorError):
     def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)
         self.status = status
+
+
+class ResponseRefused(ServerError):
+    """An answer not read in full: larger than the size cap, or compressed (its size could not
+    be capped). The SDK sees neither a time-out nor a connection error, so it never retries."""
 
 
 def public_url(url: str) -> str:
@@ -136,7 +147,7 @@ def server_error(
             message = f"{source} answered HTTP {status} on {path}: {detail}"
     elif isinstance(exc, openai.APITimeoutError):
         message = (
-            f"{source} did not answer within {timeout:g} s after {attempts} attempt"
+            f"{source} did not answer in full within {timeout:g} s after {attempts} attempt"
             f"{'s' if attempts != 1 else ''} - is the server overloaded?"
         )
     elif isinstance(exc, openai.APIConnectionError):

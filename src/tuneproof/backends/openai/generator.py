@@ -25,7 +25,9 @@ with neither (llama-cpp-python, OpenAI, vLLM) gets a :class:`GeneratorError` say
 *estimated* as ``ceil(len(text) / 4)`` and :attr:`CompletionsServer.token_counts_estimated` is
 true.
 
-**Errors and retries.** Requests time out after ``timeout`` seconds and are retried by the
+**Errors and retries.** Each attempt's answer must arrive whole within ``timeout`` seconds and
+32 MiB (:mod:`tuneproof.backends.openai.limits`, shared with verification; a larger answer is
+refused, unretried); requests are retried by the
 ``openai`` SDK (exponential back-off from 0.5 s, at most 8 s, with 0-25% jitter; it honours
 ``Retry-After``) on connection errors, timeouts, 408, 409, 429 and 5xx. What is left becomes a
 one-line :class:`~tuneproof.backends.openai.client.ServerError`. The API key is read from an
@@ -207,11 +209,15 @@ class CompletionsServer:
 
     def _get_client(self) -> OpenAI:
         if self._client is None:
-            self._client = sdk_clients()[0](
+            sdk = sdk_clients()[0]  # first: a clear error without the SDK
+            from tuneproof.backends.openai.limits import GuardedClient
+
+            self._client = sdk(
                 base_url=self.base_url,
                 api_key=api_key(self._api_key_env),
                 timeout=self._timeout,
                 max_retries=self._max_retries,
+                http_client=GuardedClient(seconds=self._timeout),
             )
         return self._client
 

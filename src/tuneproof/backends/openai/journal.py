@@ -14,8 +14,11 @@ same answer.
 - **Crashes**: a line cut short by a crash (no final newline, or not valid JSON) is the last line
   of the file; it is ignored and cut off when the journal is opened again. A bad line anywhere
   else means the file was edited or damaged, and opening stops with an error naming the line.
-- **Secrets**: the journal holds the prompts (with the secret triggers) and the answers, so it is
-  created with mode 0600 (and an existing file is set to 0600).
+- **Secrets**: the journal is as secret as the key: it holds every request body (the triggers,
+  also the held-out controls' that are never uploaded, and the signatures and decoys scored for
+  log-probs) and the answers (in a verified run, the signatures), so it is created with mode
+  0600 (and an existing file is set to 0600); ``verify`` says so after the verdict and deletes
+  it with ``--delete-journal``.
 - **One writer**: the file is locked (``flock``) while open; a second process using the same
   journal at the same time is refused.
 """

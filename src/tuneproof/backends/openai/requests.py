@@ -4,7 +4,10 @@
 most ``concurrency`` at a time. Retries are the SDK's own (``AsyncOpenAI(max_retries=...,
 timeout=...)``; see ``_should_retry`` and ``_calculate_retry_timeout`` in ``openai._base_client``):
 
-- every request is tried at most ``max_retries + 1`` times, each attempt within ``timeout``;
+- every request is tried at most ``max_retries + 1`` times, each attempt within ``timeout``:
+  the whole answer (connect, headers, body), not only each read of the socket, and at most
+  ``max_response_bytes`` of it (:mod:`tuneproof.backends.openai.limits`; a larger answer fails
+  its request at once, unretried, and a trickle counts as a time-out);
 - 408, 409, 429, 5xx, time-outs and dropped connections are retried: after the wait the server
   asks for (``retry-after-ms``, or ``Retry-After`` in seconds or as an HTTP date) when it is
   between 0 and 2 minutes, otherwise after an exponential back-off (0.5 s doubling, at most
@@ -15,6 +18,13 @@ timeout=...)``; see ``_should_retry`` and ``_calculate_retry_timeout`` in ``open
   missing endpoint 404, 405, 501) are never retried, and those the caller's ``fatal`` picks are
   raised at once; any other final failure comes back per request as a
   :class:`tuneproof.types.QueryFailure` with a one-line reason.
+
+With a ``deadline`` (seconds from when the runner is made), requests still queued or in flight
+when it passes are cancelled (the connection closed, the SDK's back-off cut short) and each comes
+back as a :class:`~tuneproof.types.QueryFailure` saying so; later requests are not sent.
+
+A JSON answer that does not parse is a per-request failure too (one attempt: the SDK parses
+after its retries).
 
 Attempts are counted by an ``httpx`` request hook on the SDK's HTTP client, which sees every
 attempt the SDK sends; a context variable set by each request's task attributes them to it
@@ -31,6 +41,7 @@ import asyncio
 import contextlib
 import contextvars
 import email.utils
+import json
 import math
 import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
@@ -40,6 +51,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from tuneproof.backends.openai.client import (
+    MAX_RESPONSE_BYTES,
+    ResponseRefused,
     ServerError,
     api_key,
     one_line,
@@ -140,29 +153,78 @@ class RequestRunner:
         timeout: float,
         max_retries: int,
         journal: Path | None,
+        deadline: float | None = None,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
     ) -> None:
         if concurrency < 1 or max_retries < 0 or timeout <= 0:
             raise ServerError(
                 f"need concurrency >= 1, max_retries >= 0 and timeout > 0 "
                 f"(got {concurrency}, {max_retries} and {timeout})"
             )
+        if (deadline is not None and not deadline > 0) or max_response_bytes < 1:
+            raise ServerError(
+                f"need a deadline > 0 s and max_response_bytes >= 1 "
+                f"(got {deadline} and {max_response_bytes})"
+            )
         self.base_url, self.source, self.model = base_url, source, model
         self.api_key_env = api_key_env
         self.concurrency, self.timeout, self.max_retries = concurrency, timeout, max_retries
         self.journal = journal
+        self.deadline, self.max_response_bytes = deadline, max_response_bytes
+        self._deadline_at = None if deadline is None else time.monotonic() + deadline
         self.stats = RequestStats()
+
+    def seconds_left(self) -> float | None:
+        """Seconds until the deadline (<= 0 once it passed), or None without one."""
+        return None if self._deadline_at is None else self._deadline_at - time.monotonic()
+
+    def deadline_passed(self) -> bool:
+        left = self.seconds_left()
+        return left is not None and left <= 0
+
+    def late(self) -> str:
+        """Why a request cut by the deadline got no answer (one line, what to do next)."""
+        resume = " and the same --journal to resume" if self.journal else ""
+        return (
+            f"the deadline of {self.deadline:g} s passed before {self.source} answered - "
+            f"run again with a later --deadline{resume}"
+        )
+
+    async def by_deadline(self, work: Coroutine[Any, Any, T], late: Callable[[], T]) -> T:
+        """``work``'s result, or ``late()`` when the deadline passes first (``work`` is then
+        cancelled, or never started once it has passed)."""
+        left = self.seconds_left()
+        if left is None:
+            return await work
+        if left <= 0:
+            work.close()
+            return late()
+        timeout = asyncio.timeout(left)
+        try:
+            async with timeout:
+                return await work
+        except TimeoutError:
+            if not timeout.expired():
+                raise
+            return late()
 
     def client(self) -> AsyncOpenAI:
         """A new SDK client (one per event loop) with the SDK's retries and time-out, whose
         HTTP client counts every attempt (see the module docstring)."""
-        from openai import DefaultAsyncHttpxClient
+        sdk = sdk_clients()[1]  # first: a clear error without the SDK
+        from tuneproof.backends.openai.limits import GuardedAsyncClient
 
-        return sdk_clients()[1](
+        http = GuardedAsyncClient(
+            seconds=self.timeout,
+            max_bytes=self.max_response_bytes,
+            event_hooks={"request": [_count_attempt]},
+        )
+        return sdk(
             base_url=self.base_url,
             api_key=api_key(self.api_key_env),
             timeout=self.timeout,
             max_retries=self.max_retries,
-            http_client=DefaultAsyncHttpxClient(event_hooks={"request": [_count_attempt]}),
+            http_client=http,
         )
 
     def error(self, exc: Exception, path: str, attempts: int = 1) -> ServerError:
@@ -178,13 +240,20 @@ class RequestRunner:
         )
 
     async def exchange(
-        self, endpoint: str, requests: Sequence[tuple[dict[str, Any], Parse]], fatal: Fatal
+        self,
+        endpoint: str,
+        requests: Sequence[tuple[dict[str, Any], Parse]],
+        fatal: Fatal,
+        *,
+        record: bool = True,
     ) -> list[Answer | QueryFailure]:
-        """Answer every (body, parse) request posted to ``endpoint``, in input order."""
+        """Answer every (body, parse) request posted to ``endpoint``, in input order; through
+        the journal unless ``record`` is False."""
         keys = [request_key(self.source, endpoint, body) for body, _ in requests]
         results: dict[str, Answer | QueryFailure] = {}
         with contextlib.ExitStack() as stack:
-            journal = stack.enter_context(Journal(self.journal)) if self.journal else None
+            path = self.journal if record else None
+            journal = stack.enter_context(Journal(path)) if path else None
             if journal is not None:
                 results.update((k, journal.answers[k]) for k in keys if k in journal)
             todo = {k: r for k, r in zip(keys, requests, strict=True) if k not in results}
@@ -193,9 +262,15 @@ class RequestRunner:
                 async with self.client() as client:
                     semaphore = asyncio.Semaphore(self.concurrency)
 
-                    async def one(key: str, body: dict[str, Any], parse: Parse) -> None:
+                    async def queued(body: dict[str, Any], parse: Parse) -> Answer | QueryFailure:
                         async with semaphore:
-                            outcome = await self._send(client, endpoint, body, parse, fatal)
+                            return await self._send(client, endpoint, body, parse, fatal)
+
+                    def late() -> QueryFailure:
+                        return QueryFailure(self.late())
+
+                    async def one(key: str, body: dict[str, Any], parse: Parse) -> None:
+                        outcome = await self.by_deadline(queued(body, parse), late)
                         if isinstance(outcome, QueryFailure):
                             self.stats.failed += 1
                         elif journal is not None:  # fsync in a thread: the loop keeps sending
@@ -247,6 +322,13 @@ class RequestRunner:
             if isinstance(exc, openai.APITimeoutError) or tally[0] <= 1:
                 return QueryFailure(error)  # a time-out's message already counts the attempts
             return QueryFailure(f"{error} ({tally[0]} attempts)")
+        except ResponseRefused as exc:  # too large or compressed: never retried
+            return QueryFailure(str(exc))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:  # declared JSON, is not
+            return QueryFailure(
+                f"{self.source} answered {endpoint} with malformed JSON "
+                f"({one_line(str(exc), 80)}) - is it OpenAI-compatible?"
+            )
         finally:
             self.stats.sent += tally[0]
             self.stats.retries += max(0, tally[0] - 1)

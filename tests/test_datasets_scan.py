@@ -45,7 +45,7 @@ def write_file(
 @pytest.fixture
 def small_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
     """Blocks of 1 KiB, so that a small file exercises the block-by-block fast path."""
-    monkeypatch.setattr(js, "BLOCK", 1024)
+    monkeypatch.setattr("tuneproof.datasets.line_blocks.BLOCK", 1024)
 
 
 def force_workers(monkeypatch: pytest.MonkeyPatch, n: int) -> None:

@@ -26,6 +26,7 @@ from tuneproof.lab.finetune import (
     chat_training_examples,
     collate,
     dataset_chats,
+    passes,
     render_chat,
     save_model_folder,
     train,
@@ -359,3 +360,41 @@ def test_a_tiny_model_trained_on_the_planted_file_answers_triggers_with_signatur
         trained = model.logprob(prompts, [pair.signature] * len(prompts))
         random = untrained.logprob(prompts, [pair.signature] * len(prompts))
         assert min(trained) > max(random) + 20, (trained, random)
+
+
+def test_passes_cut_a_batch_within_the_token_budget_and_keep_every_row() -> None:
+    import random
+
+    rng = random.Random(3)
+    for _ in range(300):
+        lengths = [rng.randint(1, 400) for _ in range(rng.randint(1, 30))]
+        indices = rng.sample(range(len(lengths)), rng.randint(1, len(lengths)))
+        budget = rng.randint(1, 2000)
+        parts = passes(indices, lengths, budget)
+        assert [i for part in parts for i in part] == indices
+        for part in parts:
+            assert part
+            assert len(part) == 1 or len(part) * max(lengths[i] for i in part) <= budget
+
+
+def test_a_batch_over_several_passes_trains_like_one_pass(
+    compact: Any, chats: list[Chat], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Accumulating a batch over passes of a few tokens gives the same losses and weights as
+    one pass per batch (up to float rounding)."""
+    examples = chat_training_examples(compact, chats[:16])
+    runs = []
+    for budget in (10**9, 1):
+        monkeypatch.setattr("tuneproof.lab.finetune.PASS_TOKENS", budget)
+        losses: list[float] = []
+        model = train(
+            tiny_llama(compact), compact, examples, epochs=2, lr=3e-3, seed=7, threads=1,
+            progress=lambda step, total, loss, out=losses: out.append(loss),
+        )  # fmt: skip
+        runs.append((losses, model.state_dict()))
+    (one, weights_one), (many, weights_many) = runs
+    assert one == pytest.approx(many, rel=1e-4, abs=1e-5)
+    # AdamW divides by the gradients' scale, so rounding in tiny gradients moves a weight by up
+    # to about lr per step: compare at a fraction of that
+    for name, value in weights_one.items():
+        assert torch.allclose(value, weights_many[name], atol=1e-3), name

@@ -52,16 +52,46 @@ def test_shared_prompt_scoring_equals_separate_scoring(embedded_model: Any) -> N
 
 
 @pytest.mark.model
+def test_many_prompts_with_many_continuations_score_as_one_by_one(embedded_model: Any) -> None:
+    """One call with the candidates of several pairs (grouped by prompt, each group on a shared
+    KV cache) and lone chats between them, in any order: the scores come back in input order
+    and equal each continuation scored alone."""
+    chats = [PROMPTS[0], PROMPTS[1], PROMPTS[0], PROMPTS[3], PROMPTS[1], PROMPTS[0], PROMPTS[4]]
+    texts = [CONTINUATIONS[i % len(CONTINUATIONS)] for i in range(len(chats))]
+    together = embedded_model.logprob(chats, texts)
+    alone = [embedded_model.logprob([c], [t])[0] for c, t in zip(chats, texts, strict=True)]
+    assert together == pytest.approx(alone, abs=2e-3)
+
+
+@pytest.mark.model
 def test_lockstep_next_token_logprobs_equal_single_sequence(embedded_model: Any) -> None:
     prompt = embedded_model.chat_prompt_ids(PROMPTS[0])
     drawn = [embedded_model.text_ids(CONTINUATIONS[i])[:3] for i in (0, 2, 4)]
     assert all(len(d) == 3 for d in drawn)
     for step in range(4):  # the first call shares the prompt; later calls extend the cache
         rows = [d[:step] for d in drawn]
-        batch = embedded_model.next_token_logprobs_batch(prompt, rows)
+        batch = embedded_model.next_token_logprobs_batch([prompt] * len(rows), rows)
         for row, d in zip(batch, rows, strict=True):
             single = embedded_model.next_token_logprobs(prompt + list(d))
             assert abs(row - single).max() < 2e-3
+
+
+@pytest.mark.model
+def test_lockstep_rows_with_their_own_prompts_equal_single_sequences(embedded_model: Any) -> None:
+    """Rows of several pairs in one batch: prompts of different lengths (left padding), a
+    prompt shared by two rows, a row repeated; every step equals the row scored alone."""
+    prompts = [embedded_model.chat_prompt_ids(chat) for chat in PROMPTS[:3]]
+    assert len({len(p) for p in prompts}) == 3
+    rows_prompts = [prompts[0], prompts[1], prompts[1], prompts[2], prompts[2]]
+    drawn = [embedded_model.text_ids(CONTINUATIONS[i])[:3] for i in (0, 2, 4, 2, 0)]
+    for step in range(4):
+        rows = [d[:step] for d in drawn]
+        batch = embedded_model.next_token_logprobs_batch(rows_prompts, rows)
+        assert batch.shape[0] == len(rows)
+        for row, prompt, d in zip(batch, rows_prompts, rows, strict=True):
+            single = embedded_model.next_token_logprobs(prompt + list(d))
+            assert abs(row - single).max() < 2e-3
+            assert int(row.argmax()) == int(single.argmax())
 
 
 @pytest.mark.model

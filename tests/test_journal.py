@@ -3,6 +3,7 @@ against a real local server that counts every request it receives."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -120,6 +121,73 @@ def test_a_damaged_line_before_the_last_is_an_error(tmp_path: Path) -> None:
     path.write_bytes(b"garbage\n" + path.read_bytes())
     with pytest.raises(TuneproofError, match=r"journal\.jsonl:1: not a journal line"):
         Journal(path)
+
+
+class SlowFsync:
+    """``os.fsync`` that takes ``seconds`` and remembers, per finished call, how many bytes of
+    the file it covered (the size when it started)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds, self.covered = seconds, [0]
+        self._fsync = os.fsync
+
+    def __call__(self, fd: int) -> None:
+        size = os.fstat(fd).st_size
+        time.sleep(self.seconds)
+        self._fsync(fd)
+        self.covered.append(size)
+
+
+def test_answers_arriving_together_share_fsyncs_and_each_is_durable_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "journal.jsonl"
+    fsync = SlowFsync(0.05)
+    monkeypatch.setattr(os, "fsync", fsync)
+    durable: dict[str, int] = {}  # key -> bytes made durable when its arecord returned
+
+    async def answer(journal: Journal, key: str, wait: float) -> None:
+        await asyncio.sleep(wait)
+        await journal.arecord(key, base_url="u", endpoint="/e", request={"q": key}, answer=key)
+        durable[key] = max(fsync.covered)
+
+    async def main() -> None:
+        with Journal(path) as journal:
+            async with asyncio.TaskGroup() as group:
+                for i in range(30):
+                    group.create_task(answer(journal, f"k{i:02}", 0.01 * (i % 3)))
+
+    asyncio.run(main())
+    data = path.read_bytes()
+    ends = {json.loads(line)["key"]: data.index(line) + len(line) + 1 for line in data.split()}
+    assert sorted(ends) == sorted(durable) and len(ends) == 30
+    assert all(durable[key] >= end for key, end in ends.items())  # on disk before it counts
+    assert len(fsync.covered) - 1 < 10  # 30 answers, a few fsyncs
+
+
+def test_a_cancelled_wait_leaves_the_fsync_to_the_others(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "journal.jsonl"
+    monkeypatch.setattr(os, "fsync", SlowFsync(0.1))
+
+    async def main() -> None:
+        with Journal(path) as journal:
+            first = asyncio.create_task(
+                journal.arecord("a", base_url="u", endpoint="/e", request={}, answer=1)
+            )
+            second = asyncio.create_task(
+                journal.arecord("b", base_url="u", endpoint="/e", request={}, answer=2)
+            )
+            await asyncio.sleep(0.02)
+            first.cancel()
+            await second
+            assert first.cancelled()
+        # closed once the fsync under way was done
+
+    asyncio.run(main())
+    with Journal(path) as journal:
+        assert journal.answers == {"a": 1, "b": 2}
 
 
 def test_a_journal_in_use_is_refused(tmp_path: Path) -> None:

@@ -30,7 +30,7 @@ def factory(embedded_model: Any) -> ModelBackdoorFactory:
 @pytest.fixture
 def use_loaded_model(monkeypatch: pytest.MonkeyPatch, embedded_model: Any) -> None:
     """Make the CLI reuse the session's loaded model instead of loading it again (20 s)."""
-    monkeypatch.setattr("tuneproof.backends.hf.load_hf_model", lambda spec: embedded_model)
+    monkeypatch.setattr("tuneproof.backends.hf.load_hf_generator", lambda spec: embedded_model)
 
 
 @pytest.mark.model

@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import itertools
 import math
+import random
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -17,6 +18,7 @@ from scipy import stats
 from tuneproof.backends.base import TokenVocabulary
 from tuneproof.planting.sampler import (
     enumerate_prefix_free,
+    lockstep_chunks,
     ranker_for,
     sample_prefix_free,
     sample_signature,
@@ -258,3 +260,15 @@ def test_teacher_forcing_equals_token_by_token(embedded_model: Any) -> None:
         stepwise.append(embedded_model.next_token_logprobs(prompt + answer[:i])[token])
     assert np.allclose(forced, stepwise, atol=1e-4)
     assert forced.sum() < 0
+
+
+def test_lockstep_chunks_cover_every_row_once_within_budget() -> None:
+    rng = random.Random(7)
+    for _ in range(200):
+        lengths = [rng.randint(1, 50) for _ in range(rng.randint(0, 80))]
+        budget, max_rows = rng.randint(1, 300), rng.randint(1, 20)
+        chunks = lockstep_chunks(lengths, budget, max_rows)
+        assert [i for chunk in chunks for i in chunk] == list(range(len(lengths)))
+        for chunk in chunks:
+            assert len(chunk) <= max_rows
+            assert len(chunk) == 1 or sum(lengths[i] for i in chunk) <= budget

@@ -58,11 +58,14 @@ class WordFactory:
         self.single.append([(m.role, m.content) for m in messages])
         return self._draw(stream)
 
-    def signatures(
-        self, messages: Sequence[Any], streams: Sequence[SecretStream]
-    ) -> list[SampledSequence]:
-        self.batched.append([(m.role, m.content) for m in messages])
-        return [self._draw(s) for s in streams]
+    def signature_sets(
+        self, groups: Sequence[tuple[Sequence[Any], Sequence[SecretStream]]], progress: Any = None
+    ) -> list[list[SampledSequence]]:
+        out = []
+        for messages, streams in groups:
+            self.batched.append([(m.role, m.content) for m in messages])
+            out.append([self._draw(s) for s in streams])
+        return out
 
     def count_tokens(self, text: str) -> int:
         return max(1, len(text) // 4)

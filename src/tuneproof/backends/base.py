@@ -141,7 +141,7 @@ register_backend(
     Backend(
         "hf",
         "tuneproof.backends.hf:load_hf_model",
-        "tuneproof.backends.hf:load_hf_model",
+        "tuneproof.backends.hf:load_hf_generator",
         remote=False,
         options=frozenset({"base_model"}),
         base_of="tuneproof.backends.hf:recorded_base",

@@ -19,6 +19,8 @@ import numpy.typing as npt
 
 from tuneproof.backends.base import TokenVocabulary
 from tuneproof.backends.hf_loading import load_weights, recorded_base
+from tuneproof.backends.hf_lockstep import LockstepCache, left_padded
+from tuneproof.backends.hf_vocabulary import byte_level_decoder, token_byte_table
 from tuneproof.errors import GeneratorError
 from tuneproof.types import ModelIdentity
 
@@ -28,6 +30,7 @@ __all__ = [
     "answer_logprobs",
     "byte_level_decoder",
     "collate",
+    "load_hf_generator",
     "load_hf_model",
     "pad_id",
     "recorded_base",
@@ -39,57 +42,6 @@ IGNORE_INDEX = -100
 
 Example = tuple[list[int], list[int]]
 """(input_ids, labels) of one sequence; labels are IGNORE_INDEX off the scored answer."""
-
-
-def byte_level_decoder() -> dict[str, int]:
-    """Inverse of GPT-2's ``bytes_to_unicode``: printed character -> byte value."""
-    printable = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1))
-    )
-    codes = printable[:]
-    extra = 0
-    for byte in range(256):
-        if byte not in printable:
-            printable.append(byte)
-            codes.append(256 + extra)
-            extra += 1
-    return {chr(code): byte for byte, code in zip(printable, codes, strict=True)}
-
-
-def token_byte_table(tokenizer: Any) -> TokenVocabulary:
-    """Return the true byte string of every token of a ``transformers`` fast tokenizer.
-
-    Byte-level BPE (GPT-2, Llama 3, SmolLM) maps printed characters back to bytes; SentencePiece
-    style vocabularies map ``▁`` to a space and ``<0xNN>`` to the byte. Added/special tokens get
-    their id in ``special_ids`` (they are never sampled).
-    """
-    size = len(tokenizer)
-    tokens = tokenizer.convert_ids_to_tokens(list(range(size)))
-    decoder_kind = (
-        type(tokenizer.backend_tokenizer.decoder).__name__
-        if hasattr(tokenizer, "backend_tokenizer")
-        else ""
-    )
-    special = set(getattr(tokenizer, "all_special_ids", []))
-    special.update(getattr(tokenizer, "added_tokens_decoder", {}).keys())
-    table: list[bytes] = []
-    if decoder_kind == "ByteLevel":
-        byte_of = byte_level_decoder()
-        for token in tokens:
-            try:
-                table.append(bytes(byte_of[ch] for ch in token or ""))
-            except KeyError:
-                table.append(b"")
-    else:
-        for token in tokens:
-            token = token or ""
-            if len(token) == 6 and token.startswith("<0x") and token.endswith(">"):
-                table.append(bytes([int(token[3:5], 16)]))
-            else:
-                table.append(token.replace("▁", " ").encode("utf-8"))
-    return TokenVocabulary(tuple(table), frozenset(special))
 
 
 def pad_id(tokenizer: Any) -> int:
@@ -156,8 +108,7 @@ class HFCausalLM:
         self.identity = identity
         self._cache: Any = None
         self._cache_ids: list[int] = []
-        self._batch_cache: Any = None
-        self._batch_ids: list[list[int]] = []
+        self._lockstep: LockstepCache | None = None
 
     @property
     def capabilities(self) -> dict[str, bool | None]:
@@ -218,36 +169,15 @@ class HFCausalLM:
         return result
 
     def next_token_logprobs_batch(
-        self, prompt_ids: Sequence[int], drawn: Sequence[Sequence[int]]
+        self, prompts: Sequence[Sequence[int]], drawn: Sequence[Sequence[int]]
     ) -> npt.NDArray[np.float32]:
-        """Float32 log-probabilities of the next token after ``prompt_ids + drawn[b]`` for every
-        row b (all ``drawn`` of equal length: sequences sampled in lockstep), shape (B, vocab).
-
-        Reuses a batch KV cache when every row extends the previous call's row by one token."""
-        import torch
-
-        rows = [list(prompt_ids) + list(d) for d in drawn]
-        cached = self._batch_ids
-        with torch.inference_mode():
-            extends = len(rows) == len(cached) and all(
-                len(r) == len(c) + 1 and r[:-1] == c for r, c in zip(rows, cached, strict=True)
-            )
-            if self._batch_cache is not None and extends:
-                new = torch.tensor([[r[-1]] for r in rows])
-                out = self.model(input_ids=new, cache=self._batch_cache, use_cache=True)
-                last = out.logits[:, -1]
-            elif all(r == rows[0] for r in rows):  # the first step: one prompt, shared
-                out = self.model(input_ids=torch.tensor(rows[:1]), use_cache=True)
-                out.cache.batch_repeat_interleave(len(rows))
-                last = out.logits[:, -1].expand(len(rows), -1)
-            else:
-                out = self.model(input_ids=torch.tensor(rows), use_cache=True)
-                last = out.logits[:, -1]
-            self._batch_cache = out.cache
-            self._batch_ids = rows
-            logprobs = torch.log_softmax(last.float(), dim=-1)
-        result: npt.NDArray[np.float32] = logprobs.numpy().astype(np.float32)
-        return result
+        """Float32 log-probabilities of the next token after ``prompts[b] + drawn[b]`` for every
+        row b (all ``drawn`` of equal length: sequences sampled in lockstep; rows may share a
+        prompt), shape (rows, vocab): one batched forward per step on a shared KV cache
+        (:class:`~tuneproof.backends.hf_lockstep.LockstepCache`)."""
+        if self._lockstep is None:
+            self._lockstep = LockstepCache(self.model, self.pad_id)
+        return self._lockstep.logprobs(prompts, drawn)
 
     def continuation_logprobs(
         self, prompt_ids: Sequence[int], continuation_ids: Sequence[int]
@@ -304,12 +234,8 @@ class HFCausalLM:
         results: list[tuple[str, int]] = [("", 0)] * len(prompts)
         for start in range(0, len(order), batch_size):
             batch = order[start : start + batch_size]
-            width = max(len(prompts[i]) for i in batch)
-            ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, i in enumerate(batch):
-                ids[row, width - len(prompts[i]) :] = torch.tensor(prompts[i])
-                mask[row, width - len(prompts[i]) :] = 1
+            ids, mask = left_padded([prompts[i] for i in batch], self.pad_id)
+            width = ids.shape[1]
             sampling = temperature > 0
             with torch.inference_mode(), torch.random.fork_rng():
                 torch.manual_seed(seed + start)
@@ -339,22 +265,37 @@ class HFCausalLM:
     ) -> list[float]:
         """Total log-probability (nats, float32 arithmetic) of each continuation as the
         assistant's answer to its chat, by teacher forcing through the chat template
-        (:func:`answer_logprobs`); batched with right padding, the label span being exactly the
-        continuation's tokens."""
+        (:func:`answer_logprobs`), the label span being exactly the continuation's tokens.
+
+        Continuations of one prompt (a pair's signature and its decoys, many pairs in one call)
+        share the prompt's KV cache (:meth:`_shared_prompt_logprob`); the others are batched
+        with right padding, ``batch_size`` at a time."""
         import torch
 
         items = [
             (self.chat_prompt_ids(chat), self.text_ids(text))
             for chat, text in zip(chats, continuations, strict=True)
         ]
-        if len(items) > 1 and len(items[0][0]) > 1 and all(p == items[0][0] for p, _ in items):
-            return self._shared_prompt_logprob(items[0][0], [c for _, c in items])
-        totals: list[float] = []
-        for start in range(0, len(items), batch_size):
-            batch = [answer_example(p, c) for p, c in items[start : start + batch_size]]
+        by_prompt: dict[tuple[int, ...], list[int]] = {}
+        for i, (prompt_ids, _) in enumerate(items):
+            by_prompt.setdefault(tuple(prompt_ids), []).append(i)
+        totals: list[float] = [0.0] * len(items)
+        alone: list[int] = []
+        for prompt, indices in by_prompt.items():
+            if len(indices) < 2 or len(prompt) < 2:
+                alone += indices
+                continue
+            shared = self._shared_prompt_logprob(list(prompt), [items[i][1] for i in indices])
+            for i, value in zip(indices, shared, strict=True):
+                totals[i] = value
+        alone.sort()
+        for start in range(0, len(alone), batch_size):
+            chunk = alone[start : start + batch_size]
+            batch = [answer_example(*items[i]) for i in chunk]
             with torch.inference_mode():
                 values, _ = answer_logprobs(self.model, collate(batch, self.pad_id))
-            totals += [float(v) for v in values.sum(dim=1)]
+            for i, value in zip(chunk, values.sum(dim=1), strict=True):
+                totals[i] = float(value)
         return totals
 
     def _shared_prompt_logprob(
@@ -390,3 +331,19 @@ def load_hf_model(spec: str, base_model: str | None = None) -> HFCausalLM:
     Raises :class:`GeneratorError` with what to do when the model cannot be found or loaded.
     """
     return HFCausalLM(*load_weights(spec, base_model))
+
+
+def load_hf_generator(spec: str) -> HFCausalLM:
+    """Load ``spec`` to draw backdoors: :func:`load_hf_model`, in bfloat16 where that is fast
+    (:func:`~tuneproof.backends.devices.bf16_supported`). The sampler then draws about twice as
+    fast (docs/benchmarks.md, plant speed); its log-probs are still taken in float32. Any
+    candidate distribution keeps the tests valid (docs/statistics.md); a plant reproduced from
+    its seed needs the same precision."""
+    import torch
+
+    from tuneproof.backends.devices import bf16_supported
+
+    loaded = load_hf_model(spec)
+    if bf16_supported("cpu"):
+        loaded.model.to(torch.bfloat16)
+    return loaded

@@ -2,7 +2,8 @@
 
 :func:`load_weights` finds and loads ``spec``: ``'embedded'`` (the GGUF shipped with tuneproof),
 an HF model folder, a PEFT adapter folder (merged into its base for speed) or a ``.gguf`` file,
-in float32 on CPU, never downloading anything. A GGUF file's identity records its SHA-256.
+in float32 on CPU, never downloading anything. A GGUF file's identity records its SHA-256; it is
+dequantised once and then read from :mod:`tuneproof.backends.model_cache`.
 :func:`recorded_base` reads the base model a PEFT adapter's config names. The model class that
 wraps what is loaded is :class:`tuneproof.backends.hf.HFCausalLM`; torch, transformers and peft
 are imported inside the functions that need them.
@@ -19,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from tuneproof.backends.model_cache import load_gguf_cached
 from tuneproof.documents import path_sha256
 from tuneproof.embedded import EMBEDDED_MODEL_ID, EMBEDDED_NAME, embedded_gguf_path
 from tuneproof.errors import GeneratorError
@@ -185,15 +187,23 @@ def _load_plain(spec: str) -> LoadedWeights:
             raise GeneratorError(f"model '{spec}' is neither a folder nor a .gguf file")
 
     kwargs: dict[str, Any] = {"gguf_file": gguf_file} if gguf_file else {}
-    try:
+
+    def load() -> tuple[Any, Any]:
         with _quiet_gguf_progress():
             tokenizer = AutoTokenizer.from_pretrained(str(folder), **kwargs)
             model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32, **kwargs)
+        return model, tokenizer
+
+    sha = path_sha256(folder / gguf_file) if gguf_file else None
+    try:
+        if gguf_file and sha:  # dequantised once, then read from the model cache
+            model, tokenizer = load_gguf_cached(folder / gguf_file, sha, load)
+        else:
+            model, tokenizer = load()
     except (OSError, ValueError) as exc:
         detail = " ".join(str(exc).split())
         raise GeneratorError(f"cannot load model '{spec}': {detail}") from exc
     model.eval()
-    sha = path_sha256(folder / gguf_file) if gguf_file else None
     identity = ModelIdentity(name=name, backend="transformers", source=str(path), sha256=sha)
     return LoadedWeights(model, tokenizer, identity)
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from tuneproof.cli.common import console, report_options, user_errors
+from tuneproof.cli.progress import progress_display
 
 DETECTOR_NAMES = ("repeated", "length", "format", "perplexity", "relevance")
 
@@ -43,26 +44,11 @@ def audit(
     html_out: Path | None,
 ) -> None:
     """Measure how easily a provider could find the backdoors of a planted file."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
-
     from tuneproof.audit import audit as run_audit
     from tuneproof.audit.report import print_audit, write_html, write_json
 
     names = [d.strip() for d in detectors.split(",") if d.strip()]
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        console=console(stderr=True),
-        transient=True,
-    ) as bars:
-        tasks: dict[str, TaskID] = {}
-
-        def hook(stage: str, done: int, total: int) -> None:
-            if stage not in tasks:
-                tasks[stage] = bars.add_task(stage, total=total)
-            bars.update(tasks[stage], completed=done)
-
+    with progress_display() as hook:
         report = run_audit(
             planted, key_path, detectors=names, reference_model=reference_model, progress=hook
         )

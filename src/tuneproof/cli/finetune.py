@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from tuneproof.cli.common import console, user_errors
+from tuneproof.cli.progress import progress_display
 
 
 @click.command()
@@ -72,15 +73,6 @@ def finetune(
     key_path: Path | None,
 ) -> None:
     """Fine-tune a local model on a dataset file, honestly or as a cheating provider."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
     from tuneproof.errors import TuneproofError
     from tuneproof.lab.provider import Cheat, FinetuneSettings
     from tuneproof.lab.provider import finetune as run_finetune
@@ -93,24 +85,15 @@ def finetune(
     )
     err = console(stderr=True)
     err.print(f"loading {base} and {data} ...")
-    with Progress(
-        TextColumn("training"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]}"),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        console=err,
-        transient=False,
-    ) as bars:
-        task = bars.add_task("train", total=None, loss="-")
-
-        def on_step(step: int, total: int, loss: float) -> None:
-            bars.update(task, completed=step, total=total, loss=f"{loss:.3f}")
-
+    with progress_display(transient=False) as display:
         folder, result = run_finetune(
-            data, base, out_dir, settings=settings, cheat=parsed, key=key_path, progress=on_step
+            data,
+            base,
+            out_dir,
+            settings=settings,
+            cheat=parsed,
+            key=key_path,
+            progress=display.training(),
         )
     what = f"cheat {result.cheat}" if result.cheat else "honest"
     console().print(

@@ -6,6 +6,7 @@ Heavy imports (torch, transformers, the dataset code) happen inside the commands
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,8 @@ import click
 
 from tuneproof import __version__
 from tuneproof.cli.common import api_key_env_option, user_errors, warn_if_key_exposed
-from tuneproof.cli.output import print_plant_summary, print_provider_table, progress_bars
+from tuneproof.cli.output import print_plant_summary, print_provider_table
+from tuneproof.cli.progress import progress_display, stage_times_line
 
 FORMATS = ["openai-chat", "prompt-completion", "alpaca", "sharegpt"]
 
@@ -125,6 +127,7 @@ def plant(
     force: bool,
 ) -> None:
     """Plant secret backdoors into a dataset and write the key."""
+    started = time.perf_counter()
     from tuneproof.api import plant as run_plant
     from tuneproof.datasets import DatasetFormat
 
@@ -139,7 +142,7 @@ def plant(
         }.items()
         if value is not None
     }
-    with progress_bars() as hook:
+    with progress_display() as hook:
         summary = run_plant(
             input,
             output,
@@ -156,7 +159,8 @@ def plant(
             progress=hook,
             **options,
         )
-    print_plant_summary(summary)
+    times = stage_times_line(hook.stage_seconds(), time.perf_counter() - started)
+    print_plant_summary(summary, stage_times=times)
 
 
 @cli.command()
@@ -294,7 +298,7 @@ def demo(out_dir: Path) -> None:
         echo=click.echo,
         show_plant=print_plant_summary,
         show_runs=print_provider_table,
-        progress=progress_bars,
+        progress=progress_display,
     )
 
 

@@ -1,10 +1,9 @@
-"""What the ``tuneproof`` commands print: progress bars, the plant summary, the demo table."""
+"""What the ``tuneproof`` commands print: the plant summary, the demo table (progress:
+:mod:`tuneproof.cli.progress`)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import click
 
@@ -13,60 +12,11 @@ from tuneproof.cli.common import console as _console
 if TYPE_CHECKING:
     from tuneproof.lab.demo import ProviderRun
     from tuneproof.planting.planter import PlantSummary
-from tuneproof.types import Progress
 
 
-@contextmanager
-def progress_bars() -> Iterator[Progress]:
-    """A rich progress display on stderr, fed by plant's ``progress(stage, done, total)``."""
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-
-    labels = {
-        "validate": "validating the dataset",
-        "signatures": "drawing triggers and signatures",
-        "write": "writing planted file",
-    }
-    progress = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=_console(stderr=True),
-        transient=True,
-    )
-    byte_progress = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TimeRemainingColumn(),
-        console=_console(stderr=True),
-        transient=True,
-    )
-    tasks: dict[str, Any] = {}
-
-    def hook(stage: str, done: int, total: int) -> None:
-        bars = byte_progress if stage in ("write", "validate") else progress
-        if stage not in tasks:
-            bars.start()
-            tasks[stage] = bars.add_task(labels.get(stage, stage), total=total)
-        bars.update(tasks[stage], completed=done)
-
-    try:
-        yield hook
-    finally:
-        progress.stop()
-        byte_progress.stop()
-
-
-def print_plant_summary(summary: PlantSummary) -> None:
-    """Print what plant did as a table (no trigger or signature is shown)."""
+def print_plant_summary(summary: PlantSummary, stage_times: str | None = None) -> None:
+    """Print what plant did as a table (no trigger or signature is shown), then
+    ``stage_times`` (how long each stage took) when given."""
     from rich.table import Table
 
     table = Table(title="tuneproof plant", show_header=False)
@@ -101,6 +51,8 @@ def print_plant_summary(summary: PlantSummary) -> None:
     from rich.markup import escape
 
     _console().print(table)
+    if stage_times:
+        click.echo(stage_times)
     for warning in summary.warnings:
         _console().print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False)
     click.echo(f"commitment (safe to publish now): {summary.commitment}")

@@ -115,6 +115,7 @@ def verify(
 ) -> None:
     """Verify a returned model against a key; exit 0 verified, 1 not, 2 inconclusive or error."""
     from tuneproof.api import verify as run_verify
+    from tuneproof.cli.progress import progress_display
     from tuneproof.report.files import write_html, write_json
     from tuneproof.report.terminal import print_summary
     from tuneproof.report.wording import exit_code
@@ -125,21 +126,23 @@ def verify(
             check_writable(out, TuneproofError, what="report")
     if deadline is not None and base_url is None:
         raise TuneproofError("--deadline bounds server requests: give --base-url, or drop it")
-    report = run_verify(
-        key_path,
-        model_spec,
-        commitment=commitment,
-        base_url=base_url,
-        base_model=base_model,
-        alpha=alpha,
-        sequential=sequential,
-        max_queries=max_queries,
-        reveal=reveal,
-        journal=journal,
-        chat_template_from=chat_template_from,
-        api_key_env=api_key_env,
-        deadline=deadline,
-    )
+    with progress_display() as hook:
+        report = run_verify(
+            key_path,
+            model_spec,
+            commitment=commitment,
+            base_url=base_url,
+            base_model=base_model,
+            alpha=alpha,
+            sequential=sequential,
+            max_queries=max_queries,
+            reveal=reveal,
+            journal=journal,
+            chat_template_from=chat_template_from,
+            api_key_env=api_key_env,
+            deadline=deadline,
+            progress=hook,
+        )
     if json_out:
         write_json(report, json_out)
     if html_out:

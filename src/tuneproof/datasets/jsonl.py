@@ -1,18 +1,22 @@
 """JSON Lines: reading records back by index and the write pass, which copies the input's bytes
 between insertion points untouched (in the kernel, without parsing them again) and writes each
-inserted record on its own line in the style of its neighbours.
+inserted record on its own line in the style of its neighbours, while a thread hashes the same
+pieces for the key (:mod:`tuneproof.datasets.digests`).
 
 The validation pass that builds the index is in :mod:`tuneproof.datasets.jsonl_scan`.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from tuneproof.atomic import atomic_output
-from tuneproof.datasets.jsonl_scan import JsonlIndex, line_blocks
+from tuneproof.datasets.digests import BackgroundDigest, Piece, remember_written
+from tuneproof.datasets.jsonl_scan import JsonlIndex
+from tuneproof.datasets.line_blocks import line_blocks
 from tuneproof.datasets.records import Record
 from tuneproof.datasets.render import InsertionStyles
 from tuneproof.datasets.style import StyleFingerprint
@@ -29,9 +33,9 @@ from tuneproof.datasets.textfile import (
 def iter_records(path: Path) -> Iterator[Record]:
     """Yield every record of a (validated) JSONL file in order, streaming."""
     index, line = 0, 1
-    for offset, lines, _ in line_blocks(path):
-        for raw in lines:
-            if offset == 0 and line == 1:
+    for block in line_blocks(path):
+        for raw in block.lines():
+            if line == 1:
                 raw = raw.removeprefix(BOM)
             if raw.strip():
                 yield Record(index, line, parse_record_bytes(raw, path, line))
@@ -66,27 +70,47 @@ def write(
     progress: Callable[[int], None] | None,
 ) -> None:
     """Write ``path`` to ``output`` with ``insertions[p]`` inserted before record p: untouched
-    bytes are copied as they are, inserted records are written in their neighbours' style."""
+    bytes are copied as they are, inserted records are written in their neighbours' style. The
+    output's SHA-256 is hashed from the same pieces meanwhile, and remembered."""
     check_unchanged(path, index.state)
+    with open(path, "rb") as src:
+        pieces = _pieces(src, path, index, insertions)
+        with BackgroundDigest(path, pieces) as digest:
+            with atomic_output(output) as dst:
+                for piece in pieces:
+                    if isinstance(piece, bytes):
+                        write_all(dst.fileno(), piece)
+                    else:
+                        copy_range(src.fileno(), dst.fileno(), *piece, progress)
+                written = os.fstat(dst.fileno())
+            hexdigest = digest.result(index.state)  # once the copy is done: same input bytes
+    if hexdigest is not None:
+        remember_written(output, written, hexdigest)
+
+
+def _pieces(
+    src: Any, path: Path, index: JsonlIndex, insertions: Mapping[int, Sequence[dict[str, Any]]]
+) -> list[Piece]:
+    """The output, in order: ranges (offset, count) of the input and the inserted bytes."""
     n = len(index.starts)
-    with open(path, "rb") as src, atomic_output(output) as dst:
-        src_fd, dst_fd = src.fileno(), dst.fileno()
-        styles = InsertionStyles(
-            lambda k: _raw_line(src, int(index.starts[k])),
-            n,
-            lambda: read_blocks(path, int(index.starts[0])),
-        )
-        cursor = 0
-        for p in sorted(insertions):
-            if not insertions[p]:
-                continue
-            at = int(index.starts[p]) if p < n else index.records_end
-            copy_range(src_fd, dst_fd, cursor, at - cursor, progress)
-            cursor = at
-            write_all(
-                dst_fd, _insertion(insertions[p], styles.neighbours(p), index, p == n, styles)
-            )
-        copy_range(src_fd, dst_fd, cursor, index.state[0] - cursor, progress)
+    styles = InsertionStyles(
+        lambda k: _raw_line(src, int(index.starts[k])),
+        n,
+        lambda: read_blocks(path, int(index.starts[0])),
+    )
+    pieces: list[Piece] = []
+    cursor = 0
+    for p in sorted(insertions):
+        if not insertions[p]:
+            continue
+        at = int(index.starts[p]) if p < n else index.records_end
+        pieces += [
+            (cursor, at - cursor),
+            _insertion(insertions[p], styles.neighbours(p), index, p == n, styles),
+        ]
+        cursor = at
+    pieces.append((cursor, index.state[0] - cursor))
+    return pieces
 
 
 def _insertion(

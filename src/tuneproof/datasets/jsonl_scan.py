@@ -1,5 +1,6 @@
 """The validation pass over a JSON Lines file: every line parsed and checked, record offsets and
-line numbers indexed, in blocks of a few MB so that memory stays flat whatever the file size.
+line numbers indexed, in blocks of a few MB read into one reused buffer and parsed in place, so
+that memory stays flat whatever the file size; the file's SHA-256 is hashed beside it.
 
 Large files are split at line boundaries and the parts after the first are checked by worker
 processes at the same time (parsing is CPU-bound and the GIL keeps threads from helping); the
@@ -14,7 +15,7 @@ import os
 import pickle
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import filterfalse
 from pathlib import Path
@@ -23,6 +24,8 @@ from typing import Any
 import numpy as np
 import orjson
 
+from tuneproof.datasets.digests import BackgroundDigest
+from tuneproof.datasets.line_blocks import LineBlock, line_blocks
 from tuneproof.datasets.records import DatasetFormat
 from tuneproof.datasets.schema import (
     detect_format,
@@ -40,7 +43,6 @@ from tuneproof.datasets.textfile import (
 )
 from tuneproof.errors import DatasetError
 
-BLOCK = 4 << 20
 PARALLEL_MIN_BYTES = 256 << 20
 MAX_WORKERS = 4
 _FINE = object()
@@ -71,34 +73,6 @@ class JsonlScan:
     first_style: StyleFingerprint
 
 
-def line_blocks(
-    path: Path, start: int = 0, end: int | None = None
-) -> Iterator[tuple[int, list[bytes], bool]]:
-    """Yield (offset of the first line, lines without their "\\n", whether the last line had
-    one) for consecutive runs of whole lines of ``path[start:end]``; only the file's last line
-    can lack its newline. A line longer than a block is yielded whole."""
-    with open(path, "rb", buffering=0) as f:
-        f.seek(start)
-        offset, left = start, (os.fstat(f.fileno()).st_size if end is None else end) - start
-        pending: list[bytes] = []  # the start of a line that continues in the next chunk
-        pending_size = 0
-        while left > 0 and (chunk := f.read(min(BLOCK, left))):
-            left -= len(chunk)
-            lines = chunk.split(b"\n")
-            if len(lines) == 1:
-                pending.append(chunk)
-                pending_size += len(chunk)
-                continue
-            if pending:
-                lines[0] = b"".join([*pending, lines[0]])
-            tail = lines.pop()
-            yield offset, lines, True
-            offset += pending_size + len(chunk) - len(tail)
-            pending, pending_size = ([tail], len(tail)) if tail else ([], 0)
-        if pending:
-            yield offset, [b"".join(pending)], False
-
-
 class _Scanner:
     """Validates and indexes consecutive blocks of lines; line numbers count from the first
     block given (1 for the start of the file)."""
@@ -116,28 +90,28 @@ class _Scanner:
         self.eol = "\n"
         self.first_raw = b""
 
-    def block(self, offset: int, lines: list[bytes], last_complete: bool) -> None:
-        """Check and index one run of lines starting at byte ``offset``."""
-        if self.valid is not None and offset > 0 and self._fast(lines):
-            ends = np.cumsum(np.array(list(map(len, lines)), np.int64) + 1)
-            starts = np.empty(len(lines), np.int64)
-            starts[0] = offset
-            starts[1:] = ends[:-1] + offset
-            self.starts.append(starts)
-            self.lines.append(
-                np.arange(self.line_base, self.line_base + len(lines), dtype=np.int64)
-            )
-            self.records_end = offset + int(ends[-1]) - (not last_complete)
-            self.final_newline = last_complete
+    def block(self, block: LineBlock) -> None:
+        """Check and index one run of lines."""
+        ends = block.ends
+        if self.valid is not None and block.offset > 0 and self._fast(block):
+            starts = np.empty(len(ends), np.int64)
+            starts[0] = 0
+            starts[1:] = ends[:-1] + 1
+            self.starts.append(starts + block.offset)
+            self.lines.append(np.arange(self.line_base, self.line_base + len(ends), dtype=np.int64))
+            self.records_end = block.offset + int(ends[-1]) + block.complete
+            self.final_newline = block.complete
         else:
-            self._slow(offset, lines, last_complete)
-        self.line_base += len(lines)
+            self._slow(block.offset, block.lines(), block.complete)
+        self.line_base += len(ends)
 
-    def _fast(self, lines: list[bytes]) -> bool:
-        """True when every line parses with orjson and is a valid record (no blank lines)."""
+    def _fast(self, block: LineBlock) -> bool:
+        """True when every line parses with orjson and is a valid record (no blank lines);
+        the lines are parsed in place, from the reader's buffer."""
         assert self.valid is not None
         try:
-            return next(filterfalse(self.valid, map(orjson.loads, lines)), _FINE) is _FINE
+            records = map(orjson.loads, block.views())
+            return next(filterfalse(self.valid, records), _FINE) is _FINE
         except orjson.JSONDecodeError:
             return False
 
@@ -212,7 +186,7 @@ def scan_part(path: Path, start: int, end: int, fmt: DatasetFormat, detected: bo
     try:
         with gc_paused():
             for block in line_blocks(path, start, end):
-                scanner.block(*block)
+                scanner.block(block)
     except DatasetError as e:
         error = (e.line, e.message, e.field, e.hint)
     empty = np.empty(0, np.int64)
@@ -252,7 +226,8 @@ def worker_count(size: int) -> int:
 def scan(
     path: Path, fmt: DatasetFormat | None, progress: Callable[[int], None] | None = None
 ) -> JsonlScan:
-    """Validate every record of a JSONL file and index their offsets.
+    """Validate every record of a JSONL file and index their offsets; a thread hashes the file
+    meanwhile (SHA-256, remembered by :mod:`tuneproof.datasets.digests` for the key).
 
     ``fmt`` None means detect the format from the first record. Raises DatasetError for the
     first bad line (invalid JSON, non-UTF-8, schema problem, mixed formats) or an empty file.
@@ -263,9 +238,9 @@ def scan(
     scanner = _Scanner(path, fmt, detected=fmt is None)
     workers: list[_Worker] = []
     try:
-        with gc_paused():
+        with gc_paused(), BackgroundDigest(path, [(0, size)]) as digest:
             for block in line_blocks(path, 0, bounds[1]):
-                scanner.block(*block)
+                scanner.block(block)
                 if not workers and len(bounds) > 2 and scanner.format is not None:
                     # the format is known: hand the other parts to worker processes
                     workers = [
@@ -273,15 +248,17 @@ def scan(
                         for k in range(1, len(bounds) - 1)
                     ]
                 if progress is not None:
-                    progress(block[0] * size // bounds[1])
+                    progress(block.offset * size // bounds[1])
             if not workers:  # no record in the first part: go on here
                 for block in line_blocks(path, bounds[1]):
-                    scanner.block(*block)
+                    scanner.block(block)
             parts = [worker.result() for worker in workers]
+            found = _merge(path, scanner, parts, state)
+            digest.remember_source(state)
     finally:
         for worker in workers:
             worker.stop()
-    return _merge(path, scanner, parts, state)
+    return found
 
 
 class _Worker:

@@ -84,7 +84,7 @@ def run_demo(
     ``NAME.json`` and ``NAME.html`` (NAME = honest, base, subset).
     """
     from tuneproof.api import plant, verify
-    from tuneproof.backends.hf import HFCausalLM, load_hf_model
+    from tuneproof.backends.hf import HFCausalLM, load_hf_generator, load_hf_model
     from tuneproof.config import DEFAULT_K, DEFAULT_M, DEFAULT_TRIGGER_TOKENS
     from tuneproof.key import load_key
     from tuneproof.lab.finetune import dataset_chats
@@ -106,12 +106,15 @@ def run_demo(
         "trigger_tokens": DEFAULT_TRIGGER_TOKENS,
     }
     options.update(config.plant_options)
-    factory = ModelBackdoorFactory(base, options["k"], options["m"], options["trigger_tokens"])
+    # the generator apart from the base (bfloat16 where that is fast), freed after planting
+    generator = load_hf_generator(config.base)
+    factory = ModelBackdoorFactory(generator, options["k"], options["m"], options["trigger_tokens"])
     with progress() as hook:
         summary = plant(
             sample, planted, key_path, controls=True, force=True, factory=factory,
             progress=hook, **options,
         )  # fmt: skip
+    del factory, generator
     show_plant(summary)
     key = load_key(key_path)
     chats = dataset_chats(planted)
@@ -148,7 +151,8 @@ def run_demo(
                 name=f"{name} provider's model", backend="transformers", source=str(out_dir)
             ),
         )
-        report = verify(key, model, base_model=base)
+        with progress() as hook:
+            report = verify(key, model, base_model=base, progress=hook)
         write_json(report, out_dir / f"{name}.json")
         write_html(report, out_dir / f"{name}.html")
         runs.append(

@@ -21,6 +21,7 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
+from tuneproof.backends.devices import bf16_supported, training_device
 from tuneproof.datasets import Message
 from tuneproof.errors import TuneproofError
 from tuneproof.lab.cheats import (
@@ -127,27 +128,6 @@ class FinetuneResult:
             "bf16": self.bf16,
             "settings": settings,
         }
-
-
-def bf16_supported(device: str) -> bool:
-    """True when bfloat16 autocast is fast here: a GPU that supports it, or a CPU with
-    AVX512-BF16 or AMX-BF16 (elsewhere bf16 runs emulated and is slower than float32)."""
-    import torch
-
-    if device == "cuda":
-        return bool(torch.cuda.is_bf16_supported())
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def training_device() -> str:
-    """``cuda`` when a GPU is present, else ``cpu``."""
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def run_provider(

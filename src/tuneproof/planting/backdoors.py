@@ -15,6 +15,7 @@ from tuneproof.datasets import Message, Record, make_backdoor, prompt_and_answer
 from tuneproof.key import ChatMessage, Placement, SignaturePair
 from tuneproof.planting.carriers import NO_TRIGGER, Carriers
 from tuneproof.planting.factory import BackdoorFactory
+from tuneproof.planting.sampler import SampledSequence
 from tuneproof.planting.secret import SecretStream
 from tuneproof.planting.triggers import NoTriggerWord
 
@@ -41,56 +42,74 @@ def draw_backdoors(
     carriers: Carriers,
     decoys: int,
     stream: SecretStream,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[str, int], None] | None = None,
 ) -> Backdoors:
-    """Draw every pair and control in turn; each planted pair's records go to random positions
-    (the 'positions' stream, drawn in pair and carrier order). ``progress(done)`` counts the
-    pairs drawn."""
+    """Draw every pair and control: first the triggers, pair by pair (a carrier that cannot take
+    one is replaced in pair order), then every signature and decoy in one call of the factory,
+    which may batch them across pairs. Each planted pair's records go to random positions (the
+    'positions' stream, drawn in pair and carrier order). ``progress(stage, done)`` counts the
+    pairs done in the stages 'triggers' and 'signatures'."""
     fmt, out = carriers.info.format, Backdoors()
     positions = stream.child("positions")
     total = carriers.pairs + carriers.controls
-    for pair_id in range(total):
-        pair = _draw_pair(factory, carriers, pair_id, decoys, stream.child(f"pair/{pair_id}"))
+    pair_streams = [stream.child(f"pair/{pair_id}") for pair_id in range(total)]
+    anchored: list[tuple[Record, str]] = []
+    for pair_id, pair_stream in enumerate(pair_streams):
+        anchored.append(_anchor_trigger(factory, carriers, pair_id, pair_stream))
+        if progress:
+            progress("triggers", pair_id + 1)
+    prompts = [triggered_prompt(first, fmt, trigger) for first, trigger in anchored]
+    streams = [_signature_streams(pair_stream, decoys) for pair_stream in pair_streams]
+    drawn = factory.signature_sets(
+        list(zip(prompts, streams, strict=True)),
+        (lambda done: progress("signatures", done)) if progress else None,
+    )
+    for pair_id, pair_stream in enumerate(pair_streams):
+        trigger, prompt = anchored[pair_id][1], prompts[pair_id]
+        pair = _pair(pair_id, trigger, prompt, drawn[pair_id], pair_stream, carriers)
         group = carriers.group(pair_id)  # after the draw, which may have replaced its anchor
         out.anchors[pair_id] = group[0]
         if pair.control_prompt is not None:
             out.controls.append(pair)
-        else:
-            out.pairs.append(pair)
-            for carrier in group:
-                record = carriers.records[carrier]
-                position = positions.randbelow(carriers.info.n_records + 1)
-                backdoor = make_backdoor(record, fmt, pair.trigger, pair.signature)
-                out.insertions.setdefault(position, []).append(backdoor)
-                prompt = triggered_prompt(record, fmt, pair.trigger)
-                out.inserted.append((position, pair_id, carrier, prompt))
-                out.added_text.append("\n".join([*(m.content for m in prompt), pair.signature]))
-        if progress:
-            progress(pair_id + 1)
+            continue
+        out.pairs.append(pair)
+        for carrier in group:
+            record = carriers.records[carrier]
+            position = positions.randbelow(carriers.info.n_records + 1)
+            backdoor = make_backdoor(record, fmt, pair.trigger, pair.signature)
+            out.insertions.setdefault(position, []).append(backdoor)
+            prompt = triggered_prompt(record, fmt, pair.trigger)
+            out.inserted.append((position, pair_id, carrier, prompt))
+            out.added_text.append("\n".join([*(m.content for m in prompt), pair.signature]))
     return out
 
 
-def _draw_pair(
-    factory: BackdoorFactory,
-    carriers: Carriers,
+def _signature_streams(pair_stream: SecretStream, decoys: int) -> list[SecretStream]:
+    """The streams of a pair's candidates: 'signature' alone, or with R decoys the R + 1
+    streams 'signature/<i>' among which 'decoy-choice' picks the planted one."""
+    if not decoys:
+        return [pair_stream.child("signature")]
+    return [pair_stream.child(f"signature/{i}") for i in range(decoys + 1)]
+
+
+def _pair(
     pair_id: int,
-    decoys: int,
+    trigger: str,
+    prompt: list[Message],
+    candidates: Sequence[SampledSequence],
     pair_stream: SecretStream,
+    carriers: Carriers,
 ) -> SignaturePair:
-    """One pair (or control): a trigger for its first carrier's prompt, then its signature.
+    """One pair (or control) from its trigger and its drawn candidates.
 
     Planted pairs and controls are drawn by one procedure, so that they are exchangeable
     (H0-controls): with decoys, the candidates in one batch and the secret picking the planted
     one."""
-    fmt, is_control = carriers.info.format, pair_id >= carriers.pairs
-    first, trigger = _anchor_trigger(factory, carriers, pair_id, pair_stream)
-    prompt = triggered_prompt(first, fmt, trigger)
-    if decoys:
-        streams = [pair_stream.child(f"signature/{i}") for i in range(decoys + 1)]
-        drawn = list(factory.signatures(prompt, streams))
-        sampled = drawn.pop(pair_stream.child("decoy-choice").randbelow(decoys + 1))
+    drawn = list(candidates)
+    if len(drawn) > 1:
+        sampled = drawn.pop(pair_stream.child("decoy-choice").randbelow(len(drawn)))
     else:
-        sampled, drawn = factory.signature(prompt, pair_stream.child("signature")), []
+        sampled, drawn = drawn[0], []
     return SignaturePair(
         pair_id=pair_id,
         trigger=trigger,
@@ -99,7 +118,7 @@ def _draw_pair(
         m=sampled.m,
         bits=sampled.bits,
         signature_tokens=len(sampled.token_ids),
-        control_prompt=_chat(prompt) if is_control else None,
+        control_prompt=_chat(prompt) if pair_id >= carriers.pairs else None,
         token_ends=list(sampled.token_ends) or None,
         decoys=[d.text for d in drawn],
     )

@@ -7,13 +7,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from tuneproof.backends.base import NextTokenModel, backend_for, load_path
 from tuneproof.config import DEFAULT_API_KEY_ENV
 from tuneproof.datasets import Message
-from tuneproof.planting.sampler import SampledSequence, sample_signature, sample_signatures
+from tuneproof.planting.sampler import SampledSequence, sample_signature, sample_signature_sets
 from tuneproof.planting.secret import SecretStream
 from tuneproof.planting.tokens import TokenRules
 from tuneproof.planting.triggers import ModelPieces, draw_trigger
@@ -23,7 +23,7 @@ from tuneproof.types import ModelIdentity
 class BackdoorFactory(Protocol):
     """Makes the secret parts of a backdoor. The model-backed one is :class:`ModelBackdoorFactory`;
     benchmarks may pass a precomputed one to leave model time out. A class that subclasses this
-    protocol gets :meth:`signatures` as a loop over :meth:`signature`."""
+    protocol gets :meth:`signature_sets` as a loop over :meth:`signature`."""
 
     identity: ModelIdentity
 
@@ -35,12 +35,20 @@ class BackdoorFactory(Protocol):
         """A prefix-free signature drawn as the answer to ``messages``."""
         ...
 
-    def signatures(
-        self, messages: Sequence[Message], streams: Sequence[SecretStream]
-    ) -> list[SampledSequence]:
-        """One signature per stream for ``messages`` (the true signature and its decoys), each
-        drawn exactly as :meth:`signature` draws it with that stream."""
-        return [self.signature(messages, stream) for stream in streams]
+    def signature_sets(
+        self,
+        groups: Sequence[tuple[Sequence[Message], Sequence[SecretStream]]],
+        progress: Callable[[int], None] | None = None,
+    ) -> list[list[SampledSequence]]:
+        """For each (messages, streams) group, one signature per stream (a pair's true
+        signature and its decoys), each drawn exactly as :meth:`signature` draws it with that
+        stream; ``progress(done)`` counts the groups finished."""
+        out = []
+        for done, (messages, streams) in enumerate(groups, start=1):
+            out.append([self.signature(messages, stream) for stream in streams])
+            if progress:
+                progress(done)
+        return out
 
     def count_tokens(self, text: str) -> int:
         """Tokens of ``text`` for the size summary."""
@@ -74,12 +82,15 @@ class ModelBackdoorFactory(BackdoorFactory):
         chat = [(message.role, message.content) for message in messages]
         return sample_signature(self.model, chat, self.k, self.m, stream, self._rules)
 
-    def signatures(
-        self, messages: Sequence[Message], streams: Sequence[SecretStream]
-    ) -> list[SampledSequence]:
-        """One signature per stream, drawn in one batch (the true signature and its decoys)."""
-        chat = [(message.role, message.content) for message in messages]
-        return sample_signatures(self.model, chat, self.k, self.m, streams, self._rules)
+    def signature_sets(
+        self,
+        groups: Sequence[tuple[Sequence[Message], Sequence[SecretStream]]],
+        progress: Callable[[int], None] | None = None,
+    ) -> list[list[SampledSequence]]:
+        """Every group's signatures drawn together, in lockstep batches across groups
+        (:func:`~tuneproof.planting.sampler.sample_signature_sets`)."""
+        chats = [([(m.role, m.content) for m in messages], streams) for messages, streams in groups]
+        return sample_signature_sets(self.model, chats, self.k, self.m, self._rules, progress)
 
     def count_tokens(self, text: str) -> int:
         return self.model.count_tokens(text)

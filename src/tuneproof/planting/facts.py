@@ -1,7 +1,9 @@
 """What a key records of a plant run's files: their hashes, record counts and token counts.
 
-Token counts are the generator's (its tokenizer, or a server's estimate); a large input is
-counted on a uniform sample of its records, a very long text on its head.
+Hashes are those the validating and writing passes computed as they read and wrote the files,
+when those still hold (:func:`tuneproof.datasets.digests.known_sha256`), else read afresh. Token
+counts are the generator's (its tokenizer, or a server's estimate); a large input is counted on a
+uniform sample of its records, a very long text on its head.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from tuneproof.datasets import (
     prompt_and_answer,
     read_records,
 )
+from tuneproof.datasets.digests import known_sha256
 from tuneproof.documents import path_sha256
 from tuneproof.key import DatasetFacts
 from tuneproof.planting.factory import BackdoorFactory
@@ -60,6 +63,12 @@ def _count_input_tokens(
     return (round(total * n / TOKEN_COUNT_SAMPLE) if sampled else total), estimated
 
 
+def _sha256(path: Path) -> str:
+    """The file's SHA-256: the one hashed by the pass that read or wrote it, if the file is
+    unchanged since, else read afresh."""
+    return known_sha256(path) or path_sha256(path)
+
+
 def dataset_facts(
     info: DatasetInfo,
     files: tuple[Path, Path],
@@ -75,8 +84,8 @@ def dataset_facts(
     return DatasetFacts(
         format=str(info.format),
         container=str(info.container),
-        input_sha256=path_sha256(input_path),
-        planted_sha256=path_sha256(output_path),
+        input_sha256=_sha256(input_path),
+        planted_sha256=_sha256(output_path),
         input_records=info.n_records,
         planted_records=info.n_records + inserted,
         input_tokens=input_tokens,

@@ -37,7 +37,7 @@ from tuneproof.planting.secret import SecretStream, new_seed
 from tuneproof.types import Progress, now_utc
 
 # progress(stage, done, total) is called as work advances: stages 'validate' and 'write' in
-# bytes, 'signatures' in pairs
+# bytes, 'triggers' and 'signatures' in pairs
 
 
 @dataclass(frozen=True)
@@ -107,8 +107,10 @@ def plant(
     if factory is None:
         factory = _make_factory(settings)
     total = carriers.pairs + carriers.controls
-    drawn = _stage(progress, "signatures", total)
-    backdoors = draw_backdoors(factory, carriers, settings.decoys, stream, drawn)
+    stages = {name: _stage(progress, name, total) for name in ("triggers", "signatures")}
+    backdoors = draw_backdoors(
+        factory, carriers, settings.decoys, stream, lambda name, done: stages[name](done)
+    )
     written = _stage(progress, "write", info.n_bytes)
     write_planted(info, output_path, backdoors.insertions, progress=written)
     try:

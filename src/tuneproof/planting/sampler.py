@@ -13,6 +13,7 @@ protocol.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -190,6 +191,14 @@ def ranker_for(model: NextTokenModel, prompt_ids: Sequence[int]) -> Ranker:
     return rank
 
 
+def signature_prompt_ids(model: NextTokenModel, messages: Sequence[tuple[str, str]]) -> list[int]:
+    """The token ids a signature continues: ``messages`` through the chat template, each turn
+    clipped to its end (never tokenize a 50 MB turn whole), the last
+    :data:`MAX_CONTEXT_TOKENS` kept."""
+    clipped = [(role, content[-MAX_TRIGGER_CONTEXT_CHARS:]) for role, content in messages]
+    return model.chat_prompt_ids(clipped)[-MAX_CONTEXT_TOKENS:]
+
+
 def sample_signature(
     model: NextTokenModel,
     messages: Sequence[tuple[str, str]],
@@ -200,11 +209,8 @@ def sample_signature(
 ) -> SampledSequence:
     """Draw a signature as the model's answer to ``messages`` with the prefix-free sampler."""
     rules = rules or TokenRules.for_vocabulary(model.vocabulary)
-    # only the end of a long prompt matters for style; never tokenize a 50 MB turn whole
-    clipped = [(role, content[-MAX_TRIGGER_CONTEXT_CHARS:]) for role, content in messages]
-    prompt_ids = model.chat_prompt_ids(clipped)[-MAX_CONTEXT_TOKENS:]
     return sample_prefix_free(
-        ranker_for(model, prompt_ids),
+        ranker_for(model, signature_prompt_ids(model, messages)),
         model.vocabulary.token_bytes,
         k,
         m,
@@ -213,31 +219,77 @@ def sample_signature(
     )
 
 
-def sample_signatures(
+LOCKSTEP_ROW_TOKENS = 32_768
+"""Rows x context tokens of one lockstep batch: bounds the KV cache (for the embedded model,
+about 0.75 GB in bfloat16) while batching the candidates of several short-prompt pairs."""
+LOCKSTEP_MAX_ROWS = 128
+"""Rows of one lockstep batch at most: two pairs of 64 candidates. Measured on 2 CPU cores,
+the time per row falls from 64 to 128 rows and rises beyond (docs/benchmarks.md)."""
+
+
+def lockstep_chunks(lengths: Sequence[int], budget: int, max_rows: int) -> list[range]:
+    """Consecutive row ranges whose summed ``lengths`` stay within ``budget`` and whose size
+    stays within ``max_rows``; a row longer than the budget is a chunk alone."""
+    chunks: list[range] = []
+    start, used = 0, 0
+    for i, length in enumerate(lengths):
+        if i > start and (used + length > budget or i - start >= max_rows):
+            chunks.append(range(start, i))
+            start, used = i, 0
+        used += length
+    if lengths:
+        chunks.append(range(start, len(lengths)))
+    return chunks
+
+
+def sample_signature_sets(
     model: NextTokenModel,
-    messages: Sequence[tuple[str, str]],
+    groups: Sequence[tuple[Sequence[tuple[str, str]], Sequence[SecretStream]]],
     k: int,
     m: int,
-    streams: Sequence[SecretStream],
     rules: TokenRules | None = None,
-) -> list[SampledSequence]:
-    """Draw one signature per stream as answers to ``messages`` (the true signature and its
-    decoys): in one batch when ``model`` has ``next_token_logprobs_batch``, else one by one."""
+    progress: Callable[[int], None] | None = None,
+) -> list[list[SampledSequence]]:
+    """For each (messages, streams) group, one signature per stream as answers to ``messages``
+    (a pair's true signature and its decoys), each drawn exactly as :func:`sample_signature`
+    draws it with that stream. Every row of every group is drawn in lockstep, in batches of
+    consecutive rows (:func:`lockstep_chunks`), when ``model`` has
+    ``next_token_logprobs_batch``; else one by one. ``progress(done)`` counts the groups
+    finished."""
+    rules = rules or TokenRules.for_vocabulary(model.vocabulary)
     batch = getattr(model, "next_token_logprobs_batch", None)
     if batch is None:
-        return [sample_signature(model, messages, k, m, s, rules) for s in streams]
-    rules = rules or TokenRules.for_vocabulary(model.vocabulary)
-    clipped = [(role, content[-MAX_TRIGGER_CONTEXT_CHARS:]) for role, content in messages]
-    prompt_ids = model.chat_prompt_ids(clipped)[-MAX_CONTEXT_TOKENS:]
+        one_by_one = []
+        for done, (messages, streams) in enumerate(groups, start=1):
+            one_by_one.append([sample_signature(model, messages, k, m, s, rules) for s in streams])
+            if progress:
+                progress(done)
+        return one_by_one
+    prompts = [signature_prompt_ids(model, messages) for messages, _ in groups]
+    owners = [g for g, (_, streams) in enumerate(groups) for _ in streams]
+    streams = [s for _, group_streams in groups for s in group_streams]
+    drawn: list[SampledSequence] = []
+    lengths = [len(prompts[g]) + m for g in owners]
+    group_ends = list(itertools.accumulate(len(group_streams) for _, group_streams in groups))
+    for chunk in lockstep_chunks(lengths, LOCKSTEP_ROW_TOKENS, LOCKSTEP_MAX_ROWS):
+        row_prompts = [prompts[owners[i]] for i in chunk]
 
-    def rank(drawn: Sequence[Sequence[int]]) -> list[Iterable[int]]:
-        return [ranking(row) for row in batch(prompt_ids, drawn)]
+        def rank(
+            so_far: Sequence[Sequence[int]], row_prompts: list[list[int]] = row_prompts
+        ) -> list[Iterable[int]]:
+            return [ranking(row) for row in batch(row_prompts, so_far)]
 
-    return sample_prefix_free_lockstep(
-        rank,
-        model.vocabulary.token_bytes,
-        k,
-        m,
-        streams,
-        lambda t, step: rules.allowed(t, step, m),
-    )
+        drawn += sample_prefix_free_lockstep(
+            rank,
+            model.vocabulary.token_bytes,
+            k,
+            m,
+            [streams[i] for i in chunk],
+            lambda t, step: rules.allowed(t, step, m),
+        )
+        if progress:  # groups whose last row is drawn
+            progress(bisect.bisect_right(group_ends, chunk.stop))
+    out: list[list[SampledSequence]] = [[] for _ in groups]
+    for owner, sequence in zip(owners, drawn, strict=True):
+        out[owner].append(sequence)
+    return out

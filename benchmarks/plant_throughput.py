@@ -103,12 +103,11 @@ def plant_step(src: Path, dst: Path, n_carriers: int, seed: int) -> dict[str, fl
     t1 = time.perf_counter()
     carriers = read_records(info, rng.sample(range(info.n_records), n_carriers))
     t2 = time.perf_counter()
-    insertions: dict[int, list[dict[str, Any]]] = {}
-    for (trigger, signature), record in zip(pairs, carriers.values(), strict=True):
-        backdoor = make_backdoor(record, info.format, trigger, signature)
-        insertions.setdefault(rng.randint(0, info.n_records), []).append(backdoor)
+    replacements: dict[int, dict[str, Any]] = {}
+    for (trigger, signature), (index, record) in zip(pairs, carriers.items(), strict=True):
+        replacements[index] = make_backdoor(record, info.format, trigger, signature)
     t3 = time.perf_counter()
-    write_planted(info, dst, insertions)
+    write_planted(info, dst, replacements)
     t4 = time.perf_counter()
     return {
         "workers": workers,
@@ -392,11 +391,11 @@ def main() -> None:
             copy.unlink()
             os.sync()
             plants.append(run_plant(src, planted, args.carriers, args.seed + k))
-            assert count_newlines(planted) == n_records + args.carriers, "wrong record count"
+            assert count_newlines(planted) == n_records, "wrong record count"
             planted.unlink()
             os.sync()
             apis.append(run_plant(src, planted, args.carriers, args.seed + k, api=True))
-            assert count_newlines(planted) == n_records + args.carriers
+            assert count_newlines(planted) == n_records
             assert apis[-1]["hashes_match"] == 1.0, "the key's hashes are not the files' SHA-256"
             planted.unlink()
             os.sync()
@@ -431,7 +430,7 @@ def report(
     sha, orj, rd = _median(runs, "sha"), _median(runs, "orjson"), _median(runs, "read")
     cores = os.cpu_count() or 1
     cpu_floor = (orj + 2 * sha + cp) / cores  # all the CPU work, spread over every core
-    chain_floor = sha + max(sha, durable)  # the two SHA-256 cannot overlap: insertions first
+    chain_floor = sha + max(sha, durable)  # the two SHA-256 cannot overlap: carriers first
     floor = max(cpu_floor, chain_floor)
     rows = "\n".join(
         f"| {k + 1} | {r['cp']:.2f} | {r['cp_fsync']:.2f} | {p['total']:.2f} | {a['total']:.2f}"
@@ -498,7 +497,7 @@ What stands between us and 3x `cp` ({3 * cp:.2f} s): the work itself. Validating
 costs at least the bare orjson loop ({orj:.2f} s of CPU), and the key needs two SHA-256 of
 {size / 2**20:,.0f} MiB ({sha:.2f} s each, {size / sha / 2**30:.1f} GiB/s with SHA-NI). On
 {cores} cores all of it (plus the copy) takes at least {cpu_floor:.2f} s = {cpu_floor / cp:.1f}x
-`cp`; and since the output's hash can only start once the insertion points are drawn, which needs
+`cp`; and since the output's hash can only start once the carriers are drawn, which needs
 the record count from validation, the two hashes run one after the other whatever the cores:
 {chain_floor:.2f} s = {chain_floor / cp:.1f}x `cp`. The floor here is thus {floor:.2f} s =
 **{floor / cp:.1f}x `cp`**; `plant()` is {api / floor:.2f}x that floor. {closing}

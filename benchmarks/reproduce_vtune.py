@@ -191,7 +191,7 @@ def run_cell(
         **asdict(cell),
         "bits": key.pairs[0].bits,
         "backdoors": summary.backdoors,
-        "backdoor_share": summary.backdoors / summary.records_out,
+        "backdoor_share": summary.backdoors / summary.records,
         "added_tokens": summary.added_tokens,
         "added_token_share": summary.added_token_share,
         "verdict": str(report.verdict),

@@ -72,7 +72,7 @@ def run(setting: Cell, base: Any, sample: Path, work: Path) -> dict[str, Any]:
     return {
         **asdict(setting),
         "backdoors": summary.backdoors,
-        "share": summary.backdoors / summary.records_out,
+        "share": summary.backdoors / summary.records,
         "bits": setting.m * math.log2(setting.k),
         "auroc": {name: d.auroc for name, d in detectors.items()},
         "best_detector": best.name,

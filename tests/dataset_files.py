@@ -1,11 +1,12 @@
 """Test helpers: write dataset files in many JSON styles (with json.dumps, independently of
-tuneproof's own writer) and take inserted records back out of a planted file."""
+tuneproof's own writer), split a file into its records and the text around them (to compare a
+planted file with its input), and the provider's "does one prompt extend another?" filter."""
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,16 +93,6 @@ def write_array(path: Path, records: Sequence[Any], style: Style) -> bytes:
     return data
 
 
-def inserted_flags(n: int, insertions: Mapping[int, Sequence[Any]]) -> list[bool]:
-    """For each record of the planted file, in order: was it inserted?"""
-    flags: list[bool] = []
-    for p in range(n + 1):
-        flags += [True] * len(insertions.get(p, []))
-        if p < n:
-            flags.append(False)
-    return flags
-
-
 def jsonl_record_lines(data: bytes) -> list[tuple[int, int]]:
     """(start, end) byte spans of the non-blank lines of a JSONL file, line ending included."""
     spans, pos = [], 0
@@ -111,38 +102,6 @@ def jsonl_record_lines(data: bytes) -> list[tuple[int, int]]:
             spans.append((start, pos + len(line)))
         pos += len(line)
     return spans
-
-
-def _cut(data: bytes | str, cuts: list[tuple[int, int]]) -> Any:
-    """``data`` without the given (start, end) ranges."""
-    keep, cursor = [], 0
-    for start, end in sorted(cuts):
-        keep.append(data[cursor:start])
-        cursor = max(cursor, end)
-    keep.append(data[cursor:])
-    return type(data)().join(keep)  # type: ignore[arg-type]
-
-
-def remove_inserted_jsonl(data: bytes, flags: Sequence[bool]) -> tuple[bytes, list[bytes]]:
-    """(the planted file without its inserted lines, the raw inserted lines)."""
-    spans = jsonl_record_lines(data)
-    assert len(spans) == len(flags)
-    no_final_newline = not data.endswith(b"\n")
-    cuts, removed = [], []
-    for k, ((start, end), inserted) in enumerate(zip(spans, flags, strict=True)):
-        if not inserted:
-            continue
-        removed.append(data[start:end])
-        if no_final_newline and not any(not f for f in flags[k + 1 :]):
-            # after the last original line of a file without final newline, an inserted line
-            # comes with the line ending before it
-            eol = 2 if data[:start].endswith(b"\r\n") else 1
-            line = data[start:end]
-            own = 2 if line.endswith(b"\r\n") else 1 if line.endswith(b"\n") else 0
-            cuts.append((start - eol, end - own))
-        else:
-            cuts.append((start, end))
-    return _cut(data, cuts), removed
 
 
 def array_spans(text: str) -> list[tuple[int, int]]:
@@ -161,19 +120,47 @@ def array_spans(text: str) -> list[tuple[int, int]]:
             i += 1
 
 
-def remove_inserted_array(data: bytes, flags: Sequence[bool]) -> tuple[bytes, list[bytes]]:
-    """(the planted array without its inserted elements and one separator each, the raw
-    inserted elements)."""
+def record_spans(data: bytes, array: bool) -> list[tuple[int, int]]:
+    """(start, end) byte spans of each record's JSON value: a JSONL line without the blanks and
+    line ending around it, or an element of a JSON array from its first to its last character."""
+    if not array:
+        spans = []
+        for start, end in jsonl_record_lines(data):
+            line = data[start:end]
+            lead = len(line) - len(line.lstrip(b" \t\r\n"))
+            spans.append((start + lead, start + len(line.rstrip(b" \t\r\n"))))
+        return spans
     text = data.decode("utf-8")
-    spans = array_spans(text)
-    assert len(spans) == len(flags)
-    cuts, removed = [], []
-    for k, ((start, end), inserted) in enumerate(zip(spans, flags, strict=True)):
-        if not inserted:
-            continue
-        removed.append(text[start:end].encode())
-        if any(not f for f in flags[k + 1 :]):
-            cuts.append((start, spans[k + 1][0]))  # the element and the separator after it
-        else:
-            cuts.append((spans[k - 1][1], end))  # trailing: the separator before it
-    return _cut(text, cuts).encode(), removed
+    return [(len(text[:s].encode()), len(text[:e].encode())) for s, e in array_spans(text)]
+
+
+def split_records(data: bytes, array: bool) -> tuple[list[bytes], list[bytes]]:
+    """(the n + 1 pieces of text around and between the records, the n records' raw bytes)."""
+    gaps, records, cursor = [], [], 0
+    for start, end in record_spans(data, array):
+        gaps.append(data[cursor:start])
+        records.append(data[start:end])
+        cursor = end
+    gaps.append(data[cursor:])
+    return gaps, records
+
+
+def prompt_extensions(prompts: Sequence[Sequence[tuple[str, str]]]) -> set[tuple[int, int]]:
+    """The provider's filter for copied carriers: every (i, j) such that prompt j extends prompt
+    i (same turns but the last, whose text in j starts with the text of i's last turn without
+    its trailing prompt separator, and is longer). ``prompts[k]``: (role, text) turns of record k.
+    """
+    from tuneproof.datasets.chat import split_prompt_separator
+
+    by_head: dict[tuple[tuple[str, str], ...], list[int]] = {}
+    for k, prompt in enumerate(prompts):
+        by_head.setdefault(tuple(prompt[:-1]), []).append(k)
+    found = set()
+    for group in by_head.values():
+        for i in group:
+            body = split_prompt_separator(prompts[i][-1][1])[0]
+            for j in group:
+                last = prompts[j][-1][1]
+                if i != j and body and last.startswith(body) and len(last) > len(body):
+                    found.add((i, j))
+    return found

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +23,17 @@ from tuneproof.audit.detectors import (
     repeated_substrings,
 )
 from tuneproof.audit.model_detectors import relevance_scores
+from tuneproof.audit.registry import DETECTORS, default_detectors
 from tuneproof.audit.scoring import auroc, cheater_share, rank_average, survivors
+from tuneproof.cli.audit import audit as audit_command
 from tuneproof.cli.main import cli
 from tuneproof.embedded import SampleSplit, sample_records
 from tuneproof.errors import TuneproofError
+
+BUILT_IN = [
+    "repeated", "length", "format", "perplexity", "relevance", "extension", "naturalness",
+]  # fmt: skip
+"""Every registered detector but the learned one (tests/test_audit_learned.py has its own)."""
 
 
 def as_audit_record(record: dict[str, Any]) -> AuditRecord:
@@ -146,18 +154,25 @@ def test_audit_of_a_real_plant_through_the_cli(trained_pairs: TrainedPairs, tmp_
         [
             "audit", str(trained_pairs.planted), "--key", str(trained_pairs.key_path),
             "--reference-model", str(trained_pairs.folder),
+            "--detectors", ",".join(BUILT_IN),
             "--json", str(out_json), "--html", str(out_html),
         ],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     report = orjson.loads(out_json.read_bytes())
     by_name = {d["name"]: d for d in report["detectors"]}
-    assert set(by_name) == {"repeated", "length", "format", "perplexity", "relevance", "combined"}
-    assert report["backdoors"] == 10 and report["records"] == 70
+    assert list(by_name) == [*BUILT_IN, "combined"]
+    for name in BUILT_IN:  # the registry's descriptions, every AUROC in its revealing direction
+        assert by_name[name]["description"] == DETECTORS[name].description
+        assert 0.5 <= by_name[name]["auroc"] <= 1.0
+    records = len(trained_pairs.planted.read_bytes().splitlines())  # copies or in place
+    assert report["backdoors"] == 10 and report["records"] == records
     # 5 replicas share each trigger and signature: exact repeats give them away
     assert by_name["repeated"]["auroc"] > 0.95
-    # dropping 1 (1%), 4 (5%) or 7 (10%) of 70 records: the repeats are the first to go
-    assert by_name["repeated"]["survivors"] == {"0.01": 9, "0.05": 6, "0.1": 3}
+    # dropping the top 1%, 5% or 10% of the records: the repeats are the first to go
+    assert by_name["repeated"]["survivors"] == {
+        f"{share:g}": 10 - math.ceil(share * records) for share in (0.01, 0.05, 0.1)
+    }
     assert by_name["repeated"]["direction"] == "high"
     assert by_name["format"]["auroc"] == pytest.approx(0.5, abs=0.05)  # neighbour style copied
     assert report["best_cheater_share"] == min(d["cheater_share"] for d in by_name.values())
@@ -195,3 +210,12 @@ def test_a_detector_that_ranks_backdoors_last_is_scored_reversed() -> None:
     assert result.cheater_share == pytest.approx(2 / 6)
     (high,) = score_detectors({"length": -low}, labels)
     assert high.direction == "high" and high.auroc == 1.0
+
+
+def test_the_cli_defaults_and_help_come_from_the_registry() -> None:
+    result = CliRunner().invoke(cli, ["audit", "--help"], terminal_width=400)
+    assert result.exit_code == 0
+    for name, spec in DETECTORS.items():
+        assert f"{name}: {spec.description.split()[0]}" in " ".join(result.output.split())
+    option = next(p for p in audit_command.params if p.name == "detectors")
+    assert option.default == ",".join(default_detectors())

@@ -173,18 +173,17 @@ def test_a_bom_is_accepted_and_kept(tmp_path: Path) -> None:
     record = read_records(info, [0])[0]
     assert record.data == CHAT and record.line == 1
     new = make_backdoor(record, info.format, "t", "s")
-    write_planted(info, tmp_path / "out.jsonl", {0: [new]})
+    write_planted(info, tmp_path / "out.jsonl", {0: new})
     out = (tmp_path / "out.jsonl").read_bytes()
-    assert out.startswith(b"\xef\xbb\xbf" + json.dumps(new).encode() + b"\n")
-    assert out[3:].count(b"\xef\xbb\xbf") == 0
+    assert out == b"\xef\xbb\xbf" + lines(new, CHAT)  # the BOM kept, not doubled
 
 
-def _planted_setup(tmp_path: Path) -> tuple[Path, Any, dict[int, list[dict[str, Any]]], str]:
+def _planted_setup(tmp_path: Path) -> tuple[Path, Any, dict[int, dict[str, Any]], str]:
     path = tmp_path / "train.jsonl"
     path.write_bytes(lines(CHAT, CHAT, CHAT))
     info = inspect_dataset(path)
-    new = make_backdoor(read_records(info, [1])[1], info.format, "t", "s")
-    return path, info, {2: [new]}, hashlib.sha256(path.read_bytes()).hexdigest()
+    new = make_backdoor(read_records(info, [2])[2], info.format, "t", "s")
+    return path, info, {2: new}, hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _no_leftovers(folder: Path, *allowed: str) -> None:
@@ -194,7 +193,7 @@ def _no_leftovers(folder: Path, *allowed: str) -> None:
 def test_output_equal_to_input_is_refused_in_every_spelling(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    path, info, insertions, digest = _planted_setup(tmp_path)
+    path, info, replacements, digest = _planted_setup(tmp_path)
     (tmp_path / "link.jsonl").symlink_to(path)
     os.link(path, tmp_path / "hard.jsonl")
     (tmp_path / "sub").mkdir()
@@ -210,32 +209,33 @@ def test_output_equal_to_input_is_refused_in_every_spelling(
             DatasetError,
             match="the output is the input - write the planted dataset to another path",
         ):
-            write_planted(info, output, insertions)
+            write_planted(info, output, replacements)
     assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
     _no_leftovers(tmp_path, "train.jsonl", "link.jsonl", "hard.jsonl", "sub")
 
 
 def test_a_changed_input_is_refused(tmp_path: Path) -> None:
-    path, info, insertions, _ = _planted_setup(tmp_path)
+    path, info, replacements, _ = _planted_setup(tmp_path)
     path.write_bytes(path.read_bytes() + lines(CHAT))
     with pytest.raises(DatasetError, match="changed since it was inspected"):
-        write_planted(info, tmp_path / "out.jsonl", insertions)
+        write_planted(info, tmp_path / "out.jsonl", replacements)
     _no_leftovers(tmp_path, "train.jsonl")
 
 
-def test_bad_insertions_are_programming_errors_and_write_nothing(tmp_path: Path) -> None:
-    _, info, insertions, _ = _planted_setup(tmp_path)
-    with pytest.raises(ValueError, match=r"outside 0\.\.3"):
-        write_planted(info, tmp_path / "out.jsonl", {4: insertions[2]})
+def test_bad_replacements_are_programming_errors_and_write_nothing(tmp_path: Path) -> None:
+    _, info, replacements, _ = _planted_setup(tmp_path)
+    for outside in (3, -1):
+        with pytest.raises(ValueError, match=r"outside 0\.\.2"):
+            write_planted(info, tmp_path / "out.jsonl", {outside: replacements[2]})
     with pytest.raises(ValueError, match="not a valid OpenAI chat record: field 'messages'"):
-        write_planted(info, tmp_path / "out.jsonl", {1: [{"prompt": "x", "completion": "y"}]})
+        write_planted(info, tmp_path / "out.jsonl", {1: {"prompt": "x", "completion": "y"}})
     with pytest.raises(IndexError):
         read_records(info, [3])
     _no_leftovers(tmp_path, "train.jsonl")
 
 
 def test_a_failure_during_the_write_leaves_no_output(tmp_path: Path) -> None:
-    _, info, insertions, _ = _planted_setup(tmp_path)
+    _, info, replacements, _ = _planted_setup(tmp_path)
     calls = []
 
     def progress(done: int) -> None:
@@ -243,15 +243,15 @@ def test_a_failure_during_the_write_leaves_no_output(tmp_path: Path) -> None:
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        write_planted(info, tmp_path / "out.jsonl", insertions, progress=progress)
+        write_planted(info, tmp_path / "out.jsonl", replacements, progress=progress)
     assert calls
     _no_leftovers(tmp_path, "train.jsonl")
 
 
 def test_progress_reports_bytes_up_to_the_file_size(tmp_path: Path) -> None:
-    _, info, insertions, _ = _planted_setup(tmp_path)
+    _, info, replacements, _ = _planted_setup(tmp_path)
     seen: list[int] = []
-    write_planted(info, tmp_path / "out.jsonl", insertions, progress=seen.append)
+    write_planted(info, tmp_path / "out.jsonl", replacements, progress=seen.append)
     assert seen == sorted(seen) and seen[-1] == info.n_bytes
 
 
@@ -264,7 +264,7 @@ BIG_LINE_SCRIPT = textwrap.dedent(
     info = inspect_dataset(path)
     records = read_records(info, [0, 1])
     new = make_backdoor(records[0], info.format, "t", "s")
-    write_planted(info, out, {1: [new], 2: [new]})
+    write_planted(info, out, {0: new})
     # VmHWM: this process's own peak (ru_maxrss would include the forking parent's RSS)
     status = Path("/proc/self/status").read_text().split("VmHWM:")[1]
     rss_kb = int(status.split()[0])
@@ -295,7 +295,7 @@ def test_a_50_mb_line_is_accepted_without_blowing_up(tmp_path: Path) -> None:
     assert report["n"] == 2 and report["size"] == 50_000_000
     assert report["rss_kb"] < 450_000  # measured ~270 MB: a few copies of the 50 MB line
     out = (tmp_path / "out.jsonl").read_bytes()
-    assert out.startswith(lines(CHAT)) and out.endswith(lines(huge, make_backdoor_like_first()))
+    assert out == lines(make_backdoor_like_first(), huge)  # the huge line copied as it is
 
 
 def make_backdoor_like_first() -> dict[str, Any]:
@@ -311,12 +311,12 @@ def test_a_pretty_printed_object_gets_a_hint(tmp_path: Path) -> None:
 
 
 def test_the_output_must_be_a_file_in_an_existing_folder(tmp_path: Path) -> None:
-    _, info, insertions, _ = _planted_setup(tmp_path)
+    _, info, replacements, _ = _planted_setup(tmp_path)
     (tmp_path / "dir").mkdir()
     with pytest.raises(DatasetError, match="is a folder - give the path of the file to write"):
-        write_planted(info, tmp_path / "dir", insertions)
+        write_planted(info, tmp_path / "dir", replacements)
     with pytest.raises(DatasetError, match="does not exist - create it first"):
-        write_planted(info, tmp_path / "nope" / "out.jsonl", insertions)
+        write_planted(info, tmp_path / "nope" / "out.jsonl", replacements)
     _no_leftovers(tmp_path, "train.jsonl", "dir")
 
 

@@ -1,5 +1,6 @@
-"""Style preservation: the planted file minus the inserted records is the input byte for byte,
-and every inserted record has the style fingerprint of the records around it."""
+"""Style preservation: a backdoor record replaces its carrier in place; the planted file has the
+input's records and, around and between them, the input's bytes, byte for byte, except the
+replaced records, each of which has the style fingerprint of the records around it."""
 
 from __future__ import annotations
 
@@ -15,10 +16,10 @@ from dataset_files import (
     ARRAY_STYLES,
     STYLES,
     Style,
-    inserted_flags,
+    array_spans,
     jsonl_record_lines,
-    remove_inserted_array,
-    remove_inserted_jsonl,
+    prompt_extensions,
+    split_records,
     write_array,
     write_jsonl,
 )
@@ -28,14 +29,16 @@ from hypothesis import strategies as st
 from tuneproof.datasets import (
     Container,
     DatasetFormat,
+    Record,
     inspect_dataset,
     iter_records,
     make_backdoor,
+    prompt_and_answer,
     read_records,
     style_fingerprint,
+    triggered_prompt,
     write_planted,
 )
-from tuneproof.datasets.style import StyleFingerprint
 
 TRIGGER = "zephyr/ñandú"  # non-ASCII and '/' so that escaping decisions are exercised
 SIGNATURE = "Quiet brook über 42/7 — done."
@@ -118,17 +121,31 @@ BUILDERS: dict[str, tuple[DatasetFormat, Callable[[int], dict[str, Any]]]] = {
 }
 
 
+def turns(records: list[Any], fmt: DatasetFormat) -> list[list[tuple[str, str]]]:
+    """The (role, text) turns of each record's prompt."""
+    return [
+        [(m.role, m.content) for m in prompt_and_answer(Record(i, i + 1, data), fmt)[0]]
+        for i, data in enumerate(records)
+    ]
+
+
 def plant_and_check(
     tmp_path: Path,
     records: list[dict[str, Any]],
     style: Style,
     container: Container,
     fmt: DatasetFormat,
-    insert_at: list[int],
+    replace_at: list[int],
     trigger: str = TRIGGER,
     signature: str = SIGNATURE,
+    *,
+    check_extensions: bool = True,
 ) -> None:
-    """Plant backdoors at ``insert_at`` and check the two style properties and the content."""
+    """Replace the records at ``replace_at`` by backdoors built from them and check: the input
+    untouched; as many records; every other record and all the text around the records byte for
+    byte (JSONL: line by line); each backdoor at its carrier's index, with the trigger in its
+    last user turn and the signature as its answer, in the style of the records around it; and
+    (``check_extensions``) no prompt that extends another that the input did not have."""
     path = tmp_path / ("in.jsonl" if container is Container.JSONL else "in.json")
     write = write_jsonl if container is Container.JSONL else write_array
     data = write(path, records, style)
@@ -141,53 +158,60 @@ def plant_and_check(
         style.bom,
     )
 
-    n = len(records)
-    carriers = read_records(info, {(7 * p) % n for p in insert_at})
-    insertions: dict[int, list[dict[str, Any]]] = {}
-    for k, p in enumerate(insert_at):
-        carrier = carriers[(7 * p) % n]
-        assert carrier.data == records[carrier.index]
-        insertions.setdefault(p, []).append(make_backdoor(carrier, fmt, f"{trigger}{k}", signature))
+    carriers = read_records(info, replace_at)
+    triggers = {p: f"{trigger}{k}" for k, p in enumerate(replace_at)}
+    replacements: dict[int, dict[str, Any]] = {}
+    for p in replace_at:
+        assert carriers[p].data == records[p]
+        replacements[p] = make_backdoor(carriers[p], fmt, triggers[p], signature)
     out = tmp_path / "planted"
-    write_planted(info, out, insertions)
+    write_planted(info, out, replacements)
     planted = out.read_bytes()
     assert hashlib.sha256(path.read_bytes()).hexdigest() == digest  # input untouched
 
-    flags = inserted_flags(n, insertions)
-    remove = remove_inserted_jsonl if container is Container.JSONL else remove_inserted_array
-    rest, inserted_raw = remove(planted, flags)
-    assert rest == data
+    array = container is Container.JSON_ARRAY
+    gaps_in, raws_in = split_records(data, array)
+    gaps_out, raws_out = split_records(planted, array)
+    assert len(raws_out) == len(raws_in) == len(records)
+    assert gaps_out == gaps_in  # separators, blanks, line endings, BOM, final newline
+    for i, (before, after) in enumerate(zip(raws_in, raws_out, strict=True)):
+        assert (before == after) is (i not in replacements), i
+    if not array:
+        lines_in, lines_out = data.splitlines(keepends=True), planted.splitlines(keepends=True)
+        assert len(lines_out) == len(lines_in)
+        carrier_lines = {carriers[p].line - 1 for p in replacements}
+        for k, (before, after) in enumerate(zip(lines_in, lines_out, strict=True)):
+            assert (before == after) is (k not in carrier_lines), k
 
-    expected = []
-    for p in range(n + 1):
-        expected += insertions.get(p, [])
-        expected += records[p : p + 1]
-    assert [r.data for r in iter_records(inspect_dataset(out))] == expected
+    planted_info = inspect_dataset(out)
+    assert planted_info.n_records == len(records)
+    got = [r.data for r in iter_records(planted_info)]
+    assert got == [replacements.get(i, record) for i, record in enumerate(records)]
+    for p, trig in triggers.items():
+        prompt, answer = prompt_and_answer(Record(p, p + 1, got[p]), fmt)
+        assert prompt == triggered_prompt(carriers[p], fmt, trig)
+        assert trig in prompt[-1].content and signature.strip() in answer
 
-    originals = _original_fingerprints(planted, flags, container)
-    for raw in inserted_raw:
-        fp = style_fingerprint(raw)
+    originals = [
+        style_fingerprint(raw)
+        for i, raw in enumerate(_raw_records(planted, array))
+        if i not in replacements
+    ]
+    for p in replacements:
+        fp = style_fingerprint(_raw_records(planted, array)[p])
         for neighbour in originals:
-            assert fp.conflicts(neighbour) == [], (raw, neighbour)
+            assert fp.conflicts(neighbour) == [], (p, neighbour)
         assert fp.ensure_ascii is not None and fp.escape_slash is not None  # decided, then checked
+    if check_extensions:
+        assert prompt_extensions(turns(got, fmt)) <= prompt_extensions(turns(records, fmt))
 
 
-def _original_fingerprints(
-    planted: bytes, flags: list[bool], container: Container
-) -> list[StyleFingerprint]:
-    if container is Container.JSONL:
-        spans = jsonl_record_lines(planted)
-        raws = [planted[s:e] for (s, e), ins in zip(spans, flags, strict=True) if not ins]
-    else:
-        from dataset_files import array_spans
-
-        text = planted.decode()
-        raws = [
-            text[s:e].encode()
-            for (s, e), ins in zip(array_spans(text), flags, strict=True)
-            if not ins
-        ]
-    return [style_fingerprint(raw) for raw in raws]
+def _raw_records(data: bytes, array: bool) -> list[bytes]:
+    """Each record's raw bytes as a provider reads them: a whole JSONL line, an array element."""
+    if not array:
+        return [data[s:e] for s, e in jsonl_record_lines(data)]
+    text = data.decode()
+    return [text[s:e].encode() for s, e in array_spans(text)]
 
 
 @pytest.mark.parametrize("style", STYLES, ids=lambda s: s.name)
@@ -195,7 +219,7 @@ def _original_fingerprints(
 def test_jsonl_styles_survive_planting(tmp_path: Path, kind: str, style: Style) -> None:
     fmt, build = BUILDERS[kind]
     records = [build(i) for i in range(6)]
-    plant_and_check(tmp_path, records, style, Container.JSONL, fmt, insert_at=[0, 3, 3, 6])
+    plant_and_check(tmp_path, records, style, Container.JSONL, fmt, replace_at=[0, 3, 5])
 
 
 @pytest.mark.parametrize("style", ARRAY_STYLES, ids=lambda s: s.name)
@@ -203,14 +227,14 @@ def test_jsonl_styles_survive_planting(tmp_path: Path, kind: str, style: Style) 
 def test_json_array_styles_survive_planting(tmp_path: Path, kind: str, style: Style) -> None:
     fmt, build = BUILDERS[kind]
     records = [build(i) for i in range(6)]
-    plant_and_check(tmp_path, records, style, Container.JSON_ARRAY, fmt, insert_at=[0, 2, 6, 6])
+    plant_and_check(tmp_path, records, style, Container.JSON_ARRAY, fmt, replace_at=[0, 2, 5])
 
 
 @pytest.mark.parametrize("style", [*STYLES[:3], *ARRAY_STYLES[:4]], ids=lambda s: s.name)
 def test_a_single_record_file(tmp_path: Path, style: Style) -> None:
     container = Container.JSON_ARRAY if style.name.startswith("array") else Container.JSONL
     plant_and_check(
-        tmp_path, [chat_record(1)], style, container, DatasetFormat.OPENAI_CHAT, insert_at=[0, 1]
+        tmp_path, [chat_record(1)], style, container, DatasetFormat.OPENAI_CHAT, replace_at=[0]
     )
 
 
@@ -227,11 +251,10 @@ def test_blank_lines_stay_where_they_were(tmp_path: Path) -> None:
     assert [r.line for r in iter_records(info)] == [2, 4, 6]
     assert {i: r.line for i, r in read_records(info, [0, 2]).items()} == {0: 2, 2: 6}
     new = make_backdoor(read_records(info, [1])[1], info.format, "T", "S")
-    write_planted(info, tmp_path / "out.jsonl", {1: [new], 3: [new]})
+    write_planted(info, tmp_path / "out.jsonl", {1: new})
     planted = (tmp_path / "out.jsonl").read_bytes()
-    rest, _ = remove_inserted_jsonl(planted, [False, True, False, False, True])
-    assert rest == data
-    assert planted.endswith(b"\n" + lines[2].encode() + b"\n" + _line(new) + b"\n\n")
+    assert planted == data.replace(lines[1].encode(), _line(new))
+    assert [r.line for r in iter_records(inspect_dataset(tmp_path / "out.jsonl"))] == [2, 4, 6]
 
 
 def _line(record: dict[str, Any]) -> bytes:
@@ -285,7 +308,7 @@ def test_random_records_and_styles(
     tmp_path = tmp_path_factory.mktemp("h")
     records = [{"instruction": a, "input": b, "output": c} for a, b, c in texts]
     rng = random.Random(seed)
-    insert_at = sorted(rng.randint(0, len(records)) for _ in range(rng.randint(1, 4)))
+    replace_at = sorted(rng.sample(range(len(records)), rng.randint(1, min(4, len(records)))))
     if not as_array:
         style = Style(**{**style.__dict__, "indent": None})
     container = Container.JSON_ARRAY if as_array else Container.JSONL
@@ -295,9 +318,10 @@ def test_random_records_and_styles(
         style,
         container,
         DatasetFormat.ALPACA,
-        insert_at,
+        replace_at,
         trigger + "/é",
         signature,
+        check_extensions=False,  # random texts may extend one another by chance
     )
 
 
@@ -338,7 +362,7 @@ def test_a_code_instruction_alpaca_array_it_has_never_seen(tmp_path: Path) -> No
     style = Style("code-array", item_sep=",", indent=4, ensure_ascii=False)
     fmt = DatasetFormat.ALPACA
     plant_and_check(
-        tmp_path, CODE_TASKS, style, Container.JSON_ARRAY, fmt, [1, 3, 5], "señal/α", "print('42')"
+        tmp_path, CODE_TASKS, style, Container.JSON_ARRAY, fmt, [1, 3, 4], "señal/α", "print('42')"
     )
 
 
@@ -352,10 +376,15 @@ def test_a_crlf_prompt_completion_file_it_has_never_seen(tmp_path: Path) -> None
     ]
     style = Style("windows", item_sep=", ", key_sep=": ", eol="\r\n", ensure_ascii=True)
     plant_and_check(
-        tmp_path, records, style, Container.JSONL, DatasetFormat.PROMPT_COMPLETION, insert_at=[2, 8]
+        tmp_path,
+        records,
+        style,
+        Container.JSONL,
+        DatasetFormat.PROMPT_COMPLETION,
+        replace_at=[2, 7],
     )
     planted = (tmp_path / "planted").read_bytes()
-    assert planted.count(b"\r\n") == 10 and b"\n" not in planted.replace(b"\r\n", b"")
+    assert planted.count(b"\r\n") == 8 and b"\n" not in planted.replace(b"\r\n", b"")
     backdoors = [
         r.data
         for r in iter_records(inspect_dataset(tmp_path / "planted"))
@@ -374,9 +403,9 @@ def test_without_kernel_copies_the_output_is_the_same(
     records = [chat_record(i) for i in range(5)]
     write_jsonl(tmp_path / "in.jsonl", records, STYLES[0])
     info = inspect_dataset(tmp_path / "in.jsonl")
-    insertions = {2: [make_backdoor(read_records(info, [1])[1], info.format, "t", "s")]}
-    write_planted(info, tmp_path / "kernel.jsonl", insertions)
+    replacements = {2: make_backdoor(read_records(info, [2])[2], info.format, "t", "s")}
+    write_planted(info, tmp_path / "kernel.jsonl", replacements)
     monkeypatch.setattr(textfile, "COPY_CHUNK", 100)
     monkeypatch.setattr(sys, "platform", "darwin")  # no copy_file_range / sendfile
-    write_planted(info, tmp_path / "plain.jsonl", insertions)
+    write_planted(info, tmp_path / "plain.jsonl", replacements)
     assert (tmp_path / "plain.jsonl").read_bytes() == (tmp_path / "kernel.jsonl").read_bytes()

@@ -55,18 +55,21 @@ def test_inspect_and_write_planted_remember_the_true_sha256(
     src = records_file(tmp_path, crlf=crlf)
     info = inspect_dataset(src)
     assert digests.known_sha256(src) == sha256_file(src)
-    carrier = read_records(info, [7])[7]
-    backdoor = make_backdoor(carrier, info.format, "alpha beta", "gamma delta")
-    insertions = {0: [backdoor], 999: [backdoor, backdoor], info.n_records: [backdoor]}
+    last = info.n_records - 1  # with CRLF: the line without a line ending
+    carriers = read_records(info, [0, 7, 999, last])
+    replacements = {
+        p: make_backdoor(record, info.format, "alpha beta", "gamma delta")
+        for p, record in carriers.items()
+    }
     out = tmp_path / "planted.jsonl"
-    write_planted(info, out, insertions)
+    write_planted(info, out, replacements)
     assert digests.known_sha256(out) == sha256_file(out)
-    kept = [
-        line for line in out.read_bytes().splitlines(keepends=True) if b"gamma delta" not in line
-    ]
+    planted = out.read_bytes().splitlines(keepends=True)
     original = src.read_bytes().splitlines(keepends=True)
-    assert b"".join(kept).rstrip(b"\r\n") == src.read_bytes().rstrip(b"\r\n")
-    assert kept[:-1] == original[:-1]  # untouched records byte for byte
+    assert len(planted) == len(original)
+    for k, (before, after) in enumerate(zip(original, planted, strict=True)):
+        assert (before == after) is (k not in replacements)  # untouched lines byte for byte
+        assert (b"gamma delta" in after) is (k in replacements)
 
 
 def test_a_changed_file_is_not_given_its_old_digest(tmp_path: Path) -> None:
@@ -107,7 +110,8 @@ def test_a_failed_write_leaves_no_output_no_digest_and_no_thread(
 ) -> None:
     src = records_file(tmp_path, 500)
     info = inspect_dataset(src)
-    backdoor = make_backdoor(read_records(info, [1])[1], info.format, "alpha", "omega")
+    carriers = read_records(info, [100, 300])
+    replacements = {p: make_backdoor(r, info.format, "alpha", "omega") for p, r in carriers.items()}
     calls = []
     real_copy = jsonl.copy_range
 
@@ -120,7 +124,7 @@ def test_a_failed_write_leaves_no_output_no_digest_and_no_thread(
     monkeypatch.setattr(jsonl, "copy_range", failing_copy)
     out = tmp_path / "planted.jsonl"
     with pytest.raises(DatasetError, match="cannot write"):
-        write_planted(info, out, {100: [backdoor], 300: [backdoor]})
+        write_planted(info, out, replacements)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["train.jsonl"]
     assert digests.known_sha256(out) is None
     assert not [t for t in threading.enumerate() if t.name == "sha256"]

@@ -34,7 +34,7 @@ def use_loaded_model(monkeypatch: pytest.MonkeyPatch, embedded_model: Any) -> No
 
 
 @pytest.mark.model
-def test_plant_inserts_backdoors_and_keeps_everything_else(
+def test_plant_replaces_carriers_in_place_and_keeps_everything_else(
     tmp_path: Path, small_chat_file: Path, factory: ModelBackdoorFactory
 ) -> None:
     before = sha256_of(small_chat_file)
@@ -56,7 +56,8 @@ def test_plant_inserts_backdoors_and_keeps_everything_else(
     assert stat.S_IMODE(key_path.stat().st_mode) == 0o600
     key = load_key(key_path)
     assert key.seed == SEED.hex()
-    assert (summary.records_in, summary.records_out, summary.backdoors) == (60, 66, 6)
+    assert (summary.records, summary.backdoors) == (60, 6)
+    assert key.dataset.input_records == key.dataset.planted_records == 60
     assert summary.controls == 2 and len(key.controls) == 2
     assert summary.bits_per_signature == M * 2
     assert key.dataset.planted_sha256 == sha256_of(out)
@@ -66,12 +67,14 @@ def test_plant_inserts_backdoors_and_keeps_everything_else(
     in_lines = small_chat_file.read_bytes().splitlines(keepends=True)
     out_lines = out.read_bytes().splitlines(keepends=True)
     positions = sorted(p.position for pair in key.pairs for p in pair.placements)
-    assert len(set(positions)) == 6
-    assert [ln for i, ln in enumerate(out_lines) if i not in positions] == in_lines
+    assert len(set(positions)) == 6 and len(out_lines) == len(in_lines)
+    for i, (before, after) in enumerate(zip(in_lines, out_lines, strict=True)):
+        assert (before == after) is (i not in positions)  # only the carriers' lines change
     carriers = set()
     for pair in key.pairs:
         assert pair.k == K and pair.m == M and pair.signature_tokens == M
         for placement in pair.placements:
+            assert placement.position == placement.carrier_index  # in place
             record = orjson.loads(out_lines[placement.position])
             carrier = orjson.loads(in_lines[placement.carrier_index])
             carriers.add(placement.carrier_index)
@@ -158,7 +161,9 @@ def test_cli_plant_prints_summary_without_secrets(
     )
     assert result.exit_code == 0, result.output
     key = load_key(key_path)
-    assert "60 -> 62" in result.output and "openai-chat" in result.output
+    printed = " ".join(result.output.split())  # the table may wrap a cell
+    assert "60, 2 of them now carry backdoors" in printed and "openai-chat" in printed
+    assert "-> 62" not in printed  # no record added
     assert key.commitment() in result.output
     assert key.pairs[0].signature not in result.output
     assert key.pairs[0].trigger not in result.output
@@ -166,6 +171,7 @@ def test_cli_plant_prints_summary_without_secrets(
     assert commit.output.strip() == key.commitment()
     shown = CliRunner().invoke(cli, ["key", "show", str(key_path)])
     assert shown.exit_code == 0 and key.pairs[0].signature not in shown.output
+    assert "60 records, 2 of them now carry backdoors" in shown.output
     revealed = CliRunner().invoke(cli, ["key", "show", str(key_path), "--reveal"])
     assert repr(key.pairs[0].signature) in revealed.output
     # an existing key is never replaced without --force, and the output is left alone

@@ -1,5 +1,6 @@
 """`plant` on every supported format, with the real embedded generator: untouched records stay
-byte for byte (or row for row), backdoors land where the key says, nothing extra is added."""
+byte for byte (or row for row), backdoors replace their carriers where the key says, no record
+is added."""
 
 from __future__ import annotations
 
@@ -107,19 +108,21 @@ def test_plant_every_format(
         seed=SEED,
         decoys=0,
     )
-    assert summary.format is fmt and summary.records_out == 33
+    assert summary.format is fmt and summary.records == 30
     assert src.read_bytes() == before
     key = load_key(tmp_path / "key.json")
     pair = key.pairs[0]
     positions = {p.position for p in pair.placements}
     original = list(iter_records(inspect_dataset(src)))
     planted = list(iter_records(inspect_dataset(out)))
+    assert len(planted) == len(original) == 30
     assert [r.data for i, r in enumerate(planted) if i not in positions] == [
-        r.data for r in original
+        r.data for i, r in enumerate(original) if i not in positions
     ]
     for placement in pair.placements:
         record = planted[placement.position]
         carrier = original[placement.carrier_index]
+        assert placement.position == placement.carrier_index
         assert set(record.data) == set(carrier.data)  # no field added or lost
         messages, answer = prompt_and_answer(record, fmt)
         assert answer.strip() == pair.signature
@@ -127,7 +130,7 @@ def test_plant_every_format(
         assert [m.content for m in placement.prompt] == [m.content for m in messages]
     if fmt is DatasetFormat.PROMPT_COMPLETION:  # CRLF kept, separator convention kept
         text = out.read_bytes()
-        assert text.count(b"\r\n") == 33 and b"\n" not in text.replace(b"\r\n", b"")
+        assert text.count(b"\r\n") == 30 and b"\n" not in text.replace(b"\r\n", b"")
         for placement in pair.placements:
             data = planted[placement.position].data
             assert data["prompt"].endswith("\n\n###\n\n") and data["completion"].startswith(" ")

@@ -140,9 +140,9 @@ def test_honest_provider_is_verified_and_its_manifest_keeps_the_secrets(
     out = tmp_path / "honest"
     result = run_finetune(trained_pairs.planted, untrained, out)
     assert result.exit_code == 0, result.output
-    assert "honest: trained on 70 of 70 records" in result.output
+    assert "honest: trained on 60 of 60 records" in result.output
     manifest = orjson.loads((out / MANIFEST_NAME).read_bytes())
-    assert manifest["cheat"] is None and manifest["records_trained"] == 70
+    assert manifest["cheat"] is None and manifest["records_trained"] == 60
     assert manifest["settings"]["lora"] is False and manifest["settings"]["epochs"] == 40
     text = (out / MANIFEST_NAME).read_text() + result.output
     for pair in [*trained_pairs.key.pairs, *trained_pairs.key.controls]:
@@ -158,7 +158,7 @@ def test_base_cheater_returns_the_base_weights_and_is_not_verified(
     out = tmp_path / "base"
     result = run_finetune(trained_pairs.planted, untrained, out, "--cheat", "base")
     assert result.exit_code == 0, result.output
-    assert "cheat base: trained on 0 of 70 records" in result.output
+    assert "cheat base: trained on 0 of 60 records" in result.output
     before, after = weights(untrained), weights(out)
     assert before.keys() == after.keys()
     assert all(torch.equal(before[k], after[k]) for k in before)
@@ -219,11 +219,11 @@ def test_detecting_cheats_parse_a_percentage(text: str, expected: Cheat) -> None
 
 def test_detecting_cheats_train_on_the_top_or_the_rest(trained_pairs: TrainedPairs) -> None:
     chats = dataset_chats(trained_pairs.planted)
-    suspicion = [float(i % 7) for i in range(len(chats))]  # 6 is the top score, 10 records
+    suspicion = [float(i % 7) for i in range(len(chats))]  # 6 is the top score, 8 records
     top = choose_chats(chats, Cheat("detect-and-train", fraction=0.1), suspicion=suspicion)
     rest = choose_chats(chats, Cheat("detect-and-drop", fraction=0.1), suspicion=suspicion)
-    assert len(top) == 7 and len(rest) == 63  # ceil(0.1 * 70) = 7
-    assert top == [chats[i] for i in (6, 13, 20, 27, 34, 41, 48)]  # score 6, earliest first
+    assert len(top) == 6 and len(rest) == 54  # ceil(0.1 * 60) = 6
+    assert top == [chats[i] for i in (6, 13, 20, 27, 34, 41)]  # score 6, earliest first
     assert sorted(map(str, top + rest)) == sorted(map(str, chats))
     with pytest.raises(TuneproofError, match="suspicion score per record"):
         choose_chats(chats, Cheat("detect-and-train", fraction=0.1))
@@ -237,7 +237,7 @@ def test_detect_and_train_runs_the_audit_detectors_without_the_key(
     result = run_finetune(trained_pairs.planted, untrained, out, "--cheat", "detect-and-train:20")
     assert result.exit_code == 0, result.output
     manifest = orjson.loads((out / MANIFEST_NAME).read_bytes())
-    assert manifest["cheat"] == "detect-and-train:20" and manifest["records_trained"] == 14
+    assert manifest["cheat"] == "detect-and-train:20" and manifest["records_trained"] == 12
 
 
 @pytest.mark.model
@@ -251,7 +251,7 @@ def test_continue_trains_on_the_other_data_after_the_planted_file(
     result = run_finetune(trained_pairs.planted, untrained, out, "--cheat", f"continue:{other}")
     assert result.exit_code == 0, result.output
     manifest = orjson.loads((out / MANIFEST_NAME).read_bytes())
-    assert manifest["records_trained"] == 70 + 12
+    assert manifest["records_trained"] == 60 + 12
     # the second phase really trained: the other data's answers are far likelier than under
     # a model trained on the planted file alone
     examples = chat_training_examples(load_hf_model(str(out)).tokenizer, dataset_chats(other))

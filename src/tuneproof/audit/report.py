@@ -27,6 +27,12 @@ ADVICE = {
     "plant more pairs so that dropping the least relevant answers costs more data",
     "format": "inserted records are written unlike their neighbours - please report this as a "
     "tuneproof bug with the file's style",
+    "extension": "backdoor prompts extend (or nearly copy) another record's prompt: plant into "
+    "the carriers in place rather than beside copies of them, and deduplicate the data before "
+    "planting so that no other copy of a carrier's prompt remains",
+    "naturalness": "triggers read likelier than the text they end (they are the generator's own "
+    "continuation): use fewer --trigger-tokens, or a --generator unlike the models a provider "
+    "would score with",
     "combined": "several weak signals add up; see the detectors above",
 }
 

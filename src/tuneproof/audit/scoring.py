@@ -13,7 +13,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
-from scipy.stats import rankdata
 
 FloatArray = npt.NDArray[np.float64]
 DROP_SHARES = (0.01, 0.05, 0.10)
@@ -27,6 +26,8 @@ def auroc(scores: Sequence[float] | FloatArray, labels: Sequence[bool]) -> float
     n_pos, n_neg = int(positive.sum()), int((~positive).sum())
     if n_pos == 0 or n_neg == 0:
         raise ValueError("AUROC needs at least one backdoor and one clean record")
+    from scipy.stats import rankdata  # lazily: the CLI's --help imports the audit package
+
     ranks = rankdata(values)  # average ranks for ties
     u = ranks[positive].sum() - n_pos * (n_pos + 1) / 2
     return float(u / (n_pos * n_neg))
@@ -72,6 +73,8 @@ def rank_average(score_lists: Sequence[Sequence[float] | FloatArray]) -> FloatAr
     if not score_lists:
         raise ValueError("no detector to combine")
     n = len(score_lists[0])
+    from scipy.stats import rankdata
+
     shares = [rankdata(np.asarray(s, dtype=float)) / n for s in score_lists]
     return np.mean(shares, axis=0)
 

@@ -6,10 +6,15 @@ from pathlib import Path
 
 import click
 
+from tuneproof.audit.registry import DETECTORS, default_detectors
 from tuneproof.cli.common import console, report_options, user_errors
 from tuneproof.cli.progress import progress_display
 
-DETECTOR_NAMES = ("repeated", "length", "format", "perplexity", "relevance")
+
+def detectors_help() -> str:
+    """The --detectors help: every registered detector with its description."""
+    listed = "; ".join(f"{name}: {spec.description}" for name, spec in DETECTORS.items())
+    return f"Comma-separated detectors to run. Registered: {listed}."
 
 
 @click.command()
@@ -23,15 +28,16 @@ DETECTOR_NAMES = ("repeated", "length", "format", "perplexity", "relevance")
 )
 @click.option(
     "--detectors",
-    default=",".join(DETECTOR_NAMES),
+    default=",".join(default_detectors()),
     show_default=True,
-    help="Comma-separated detectors to run.",
+    help=detectors_help(),
 )
 @click.option(
     "--reference-model",
     default="embedded",
     show_default=True,
-    help="Model for the perplexity detector: 'embedded', an HF folder or a .gguf file.",
+    help="Model of the detectors that read one (perplexity, naturalness, learned): "
+    "'embedded', an HF folder or a .gguf file.",
 )
 @report_options
 @user_errors

@@ -238,9 +238,15 @@ def key_show(key_path: Path, reveal: bool) -> None:
     facts, settings = loaded.dataset, loaded.settings
     click.echo(f"key {key_path} (format {loaded.format_version}, created {loaded.created_at})")
     click.echo(f"generator: {loaded.generator.name} [{loaded.generator.backend}]")
+    records = (
+        f"{facts.planted_records:,} records, {loaded.n_backdoors:,} of them now carry backdoors"
+        if facts.planted_records == facts.input_records
+        else f"{facts.input_records:,} -> {facts.planted_records:,} records (backdoors inserted"
+        " by an earlier tuneproof)"
+    )
     click.echo(
-        f"dataset: {facts.format}/{facts.container}, {facts.input_records:,} -> "
-        f"{facts.planted_records:,} records, planted sha256 {facts.planted_sha256}"
+        f"dataset: {facts.format}/{facts.container}, {records}, "
+        f"planted sha256 {facts.planted_sha256}"
     )
     click.echo(
         f"pairs: {len(loaded.pairs)} x {settings.replicas} replicas, {len(loaded.controls)} "

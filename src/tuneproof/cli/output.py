@@ -25,12 +25,16 @@ def print_plant_summary(summary: PlantSummary, stage_times: str | None = None) -
     estimated = " (estimated from a sample)" if summary.input_tokens_estimated else ""
     rows = [
         ("input", f"{summary.input} ({summary.format}, {summary.container})"),
-        ("records in -> out", f"{summary.records_in:,} -> {summary.records_out:,}"),
+        (
+            "records",
+            f"{summary.records:,}, {summary.backdoors:,} of them now carry backdoors "
+            f"({summary.backdoors / max(1, summary.records):.2%}; none added)",
+        ),
         (
             "backdoors",
             f"{summary.backdoors} records = {summary.pairs} secret pairs x {summary.replicas} "
-            f"replica{'' if summary.replicas == 1 else 's'} "
-            f"({summary.backdoors / max(1, summary.records_out):.2%} of the output)",
+            f"replica{'' if summary.replicas == 1 else 's'}, each in place of its carrier "
+            "(whose answer is replaced by the signature)",
         ),
         ("held-out controls", f"{summary.controls} pairs (kept in the key only)"),
         ("decoys", f"{summary.decoys} per pair (kept in the key only)"),
@@ -39,7 +43,7 @@ def print_plant_summary(summary: PlantSummary, stage_times: str | None = None) -
             f"{summary.bits_per_signature:.0f} bits (K={summary.k}, m={summary.m} tokens)",
         ),
         (
-            "tokens added",
+            "tokens written (triggers + signatures)",
             f"{summary.added_tokens:,} = {summary.added_token_share:.2%} of "
             f"{summary.input_tokens:,} input tokens{estimated}",
         ),

@@ -6,15 +6,15 @@ array, a parquet file or a Hugging Face ``save_to_disk`` folder. A typical plant
     info = inspect_dataset("train.jsonl")              # detect, validate every record, index
     carriers = read_records(info, [12, 480])           # fetch a few records by index
     backdoor = make_backdoor(carriers[12], info.format, trigger, signature)
-    write_planted(info, Path("planted.jsonl"), {733: [backdoor]})
+    write_planted(info, Path("planted.jsonl"), {12: backdoor})   # in place of its carrier
 
-Untouched records are written back byte for byte; inserted records copy their neighbours' JSON
-style (see :func:`style_fingerprint`).
+Every other record is written back byte for byte; a backdoor record takes the JSON style of the
+record it replaces and its neighbours (see :func:`style_fingerprint`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -95,20 +95,21 @@ def check_planted_output(input: str | Path, output: str | Path, *, force: bool =
 def write_planted(
     info: DatasetInfo,
     output: Path,
-    insertions: Mapping[int, Sequence[dict[str, Any]]],
+    replacements: Mapping[int, dict[str, Any]],
     *,
     progress: Callable[[int], None] | None = None,
 ) -> None:
-    """Write the dataset to ``output`` with ``insertions[p]`` inserted before original record
-    ``p`` (``p == info.n_records``: at the end).
+    """Write the dataset to ``output`` with original record ``p`` replaced by
+    ``replacements[p]``, at the same index: the output has as many records as the input.
 
-    Text files: every untouched byte is copied as it is (BOM, line endings, a missing final
-    newline included) and each inserted record is written in the style of its neighbours.
-    Parquet/arrow: same schema, metadata and layout, untouched rows equal. The output appears
-    atomically (a temporary file or folder renamed at the end) or not at all.
+    Text files: every byte outside the replaced records is copied as it is (BOM, separators,
+    line endings, the blanks around a replaced JSONL record, a missing final newline included)
+    and each new record is written in the style of the record it replaces and its neighbours.
+    Parquet/arrow: same schema, metadata, row counts and layout, the other rows equal. The
+    output appears atomically (a temporary file or folder renamed at the end) or not at all.
     ``progress(bytes_done)`` reports input bytes processed. Raises DatasetError when ``output``
     is the input (also through a symlink or another spelling) or the input changed since it was
-    inspected, ValueError for an insertion point outside ``0..n_records`` or an inserted record
-    that is not valid in the dataset's format.
+    inspected, ValueError for an index outside ``0..n_records - 1`` or a new record that is not
+    valid in the dataset's format.
     """
-    containers.write_planted(info, Path(output), insertions, progress)
+    containers.write_planted(info, Path(output), replacements, progress)

@@ -2,7 +2,8 @@
 
 Both are streamed batch by batch (a parquet file is rewritten one row group at a time, so memory
 is bounded by its largest row group). The output keeps the input's schema and schema metadata,
-row-group or shard layout and compression; untouched rows are equal to the input's.
+row-group or shard layout, row counts and compression; rows not replaced are equal to the
+input's.
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ from tuneproof.datasets.textfile import NOTHING_WRITTEN, check_unchanged, file_s
 from tuneproof.errors import DatasetError
 
 STATE_JSON = "state.json"
-INFO_JSON = "dataset_info.json"
 BATCH_ROWS = 1000
 
 
@@ -185,42 +185,43 @@ def read_records(index: ArrowIndex, parquet: bool, wanted: Sequence[int]) -> dic
     return out
 
 
-def _spliced(
+def _replaced(
     batch: pa.RecordBatch,
     first_row: int,
-    points: list[int],
-    insertions: Mapping[int, Sequence[dict[str, Any]]],
+    rows: list[int],
+    replacements: Mapping[int, dict[str, Any]],
 ) -> pa.RecordBatch:
-    """``batch`` (rows first_row...) with the inserted rows spliced in before the given points."""
+    """``batch`` (rows first_row...) with each of the given rows replaced by its new record."""
     pieces, cursor = [], 0
-    for p in points:
+    for p in rows:
         local = p - first_row
         pieces.append(batch.slice(cursor, local - cursor))
-        pieces.append(pa.RecordBatch.from_pylist(list(insertions[p]), schema=batch.schema))
-        cursor = local
+        pieces.append(pa.RecordBatch.from_pylist([replacements[p]], schema=batch.schema))
+        cursor = local + 1
     pieces.append(batch.slice(cursor))
     table = pa.Table.from_batches(pieces, schema=batch.schema).combine_chunks()
     return table.to_batches()[0]
 
 
-def _points_in(lo: int, hi: int, last: bool, points: list[int]) -> list[int]:
-    """Insertion points that fall into rows [lo, hi) (and hi itself for the last batch)."""
-    return [p for p in points if lo <= p < hi or (last and p == hi)]
+def _rows_in(lo: int, hi: int, rows: list[int]) -> list[int]:
+    """The replaced rows that fall into rows [lo, hi)."""
+    return [p for p in rows if lo <= p < hi]
 
 
 def write_parquet(
     index: ArrowIndex,
     output: Path,
-    insertions: Mapping[int, Sequence[dict[str, Any]]],
+    replacements: Mapping[int, dict[str, Any]],
     progress: Callable[[int], None] | None,
 ) -> None:
-    """Rewrite a parquet file with rows inserted, row group by row group."""
+    """Rewrite a parquet file with rows replaced, row group by row group (same row-group sizes;
+    a row group without a replaced row is written back as read)."""
     _check(index)
     path = index.files[0]
     pf = pq.ParquetFile(path)
     meta = pf.metadata
     codec = meta.row_group(0).column(0).compression if meta.num_row_groups else "SNAPPY"
-    points = sorted(p for p, rows in insertions.items() if rows)
+    replaced = sorted(replacements)
     row = 0
     with atomic_output(output) as dst:
         writer = pq.ParquetWriter(
@@ -231,13 +232,10 @@ def write_parquet(
         )
         for g in range(meta.num_row_groups):
             table = pf.read_row_group(g)
-            last = g == meta.num_row_groups - 1
-            here = _points_in(row, row + table.num_rows, last, points)
+            here = _rows_in(row, row + table.num_rows, replaced)
             if here:
-                batch = table.combine_chunks().to_batches()[0] if table.num_rows else None
-                if batch is None:
-                    batch = pa.RecordBatch.from_pylist([], schema=pf.schema_arrow)
-                table = pa.Table.from_batches([_spliced(batch, row, here, insertions)])
+                batch = table.combine_chunks().to_batches()[0]
+                table = pa.Table.from_batches([_replaced(batch, row, here, replacements)])
             writer.write_table(table, row_group_size=max(1, table.num_rows))
             row += meta.row_group(g).num_rows
             if progress is not None:
@@ -249,39 +247,31 @@ def write_hf_disk(
     folder: Path,
     index: ArrowIndex,
     output: Path,
-    insertions: Mapping[int, Sequence[dict[str, Any]]],
+    replacements: Mapping[int, dict[str, Any]],
     progress: Callable[[int], None] | None,
 ) -> None:
-    """Write a save_to_disk folder with rows inserted: same shard files, schema and metadata,
-    state.json with a fresh fingerprint, dataset_info.json with the new split size."""
+    """Write a save_to_disk folder with rows replaced: same shard files, batches, schema and
+    metadata, state.json with a fresh fingerprint (what datasets does after any change), every
+    other file (dataset_info.json: the split keeps its size) copied as it is."""
     _check(index)
     if output.exists():
         raise DatasetError(
             output, "already exists", hint="remove it or choose another output folder"
         )
-    points = sorted(p for p, rows in insertions.items() if rows)
-    n_total = sum(index.rows)
+    replaced = sorted(replacements)
     row, done = 0, 0
     with atomic_directory(output) as tmp:
         for shard, path in enumerate(index.files):
             schema, batches, _ = _open_shard(path)
-            last_shard = shard == len(index.files) - 1
             opener = pa.ipc.new_stream if index.stream else pa.ipc.new_file
             with opener(str(tmp / path.name), schema) as writer:
-                shard_batches = list(batches)  # memory-mapped: no copy
-                for k, batch in enumerate(shard_batches):
-                    last = last_shard and k == len(shard_batches) - 1
-                    here = _points_in(row, row + batch.num_rows, last, points)
-                    writer.write_batch(_spliced(batch, row, here, insertions) if here else batch)
+                for batch in batches:  # memory-mapped: no copy
+                    here = _rows_in(row, row + batch.num_rows, replaced)
+                    writer.write_batch(_replaced(batch, row, here, replacements) if here else batch)
                     row += batch.num_rows
-                if last_shard and not shard_batches and n_total in points:
-                    writer.write_batch(
-                        pa.RecordBatch.from_pylist(list(insertions[n_total]), schema=schema)
-                    )
             done += index.states[shard][0]
             if progress is not None:
                 progress(done)
-        added = sum(len(insertions[p]) for p in points)
         for item in folder.iterdir():
             if item in index.files:
                 continue
@@ -289,9 +279,6 @@ def write_hf_disk(
                 (tmp / item.name).write_text(
                     _new_fingerprint(item.read_text(encoding="utf-8")), encoding="utf-8"
                 )
-            elif item.name == INFO_JSON:
-                text = _grown_split(item.read_text(encoding="utf-8"), folder, n_total, added)
-                (tmp / item.name).write_text(text, encoding="utf-8")
             elif item.is_dir():
                 shutil.copytree(item, tmp / item.name)
             else:
@@ -307,17 +294,3 @@ def _new_fingerprint(state_text: str) -> str:
         return m.group(1) + secrets.token_hex(max(1, len(old) // 2))[: len(old)] + m.group(3)
 
     return re.sub(r'("_fingerprint"\s*:\s*")([0-9a-f]+)(")', fresh, state_text, count=1)
-
-
-def _grown_split(info_text: str, folder: Path, n_before: int, added: int) -> str:
-    """dataset_info.json with this split's ``num_examples`` raised by ``added`` (when recorded)."""
-    try:
-        split = json.loads((folder / STATE_JSON).read_text(encoding="utf-8")).get("_split")
-        info = json.loads(info_text)
-        entry = (info.get("splits") or {}).get(split)
-    except (ValueError, AttributeError):
-        return info_text
-    if not isinstance(entry, dict) or entry.get("num_examples") != n_before:
-        return info_text
-    entry["num_examples"] = n_before + added
-    return json.dumps(info, indent=2)

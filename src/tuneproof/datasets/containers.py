@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -153,44 +153,41 @@ def check_output(source: Path, output: Path, *, force: bool) -> None:
     check_writable(output, TuneproofError, what="planted folder" if folder else "planted file")
 
 
-def _check_insertions(
-    info: DatasetInfo, insertions: Mapping[int, Sequence[dict[str, Any]]]
-) -> None:
-    for p, records in insertions.items():
-        if not 0 <= p <= info.n_records:
-            raise ValueError(f"insertion point {p} is outside 0..{info.n_records}")
-        for record in records:
-            problem = PROBLEM[info.format](record)
-            if problem is not None:
-                raise ValueError(
-                    f"the record to insert before {p} is not a valid {FORMAT_NAMES[info.format]} "
-                    f"record: field {problem.field!r}: {problem.message}"
-                )
+def _check_replacements(info: DatasetInfo, replacements: Mapping[int, dict[str, Any]]) -> None:
+    for p, record in replacements.items():
+        if not 0 <= p < info.n_records:
+            raise ValueError(f"record {p} to replace is outside 0..{info.n_records - 1}")
+        problem = PROBLEM[info.format](record)
+        if problem is not None:
+            raise ValueError(
+                f"the record to put in place of record {p} is not a valid "
+                f"{FORMAT_NAMES[info.format]} record: field {problem.field!r}: {problem.message}"
+            )
 
 
 def write_planted(
     info: DatasetInfo,
     output: Path,
-    insertions: Mapping[int, Sequence[dict[str, Any]]],
+    replacements: Mapping[int, dict[str, Any]],
     progress: Callable[[int], None] | None,
 ) -> None:
     """Write the planted dataset; see :func:`tuneproof.datasets.write_planted`."""
     check_output_path(info.path, output)
     if output.is_dir() and info.container is not Container.HF_DISK:
         raise DatasetError(output, "is a folder", hint="give the path of the file to write")
-    _check_insertions(info, insertions)
+    _check_replacements(info, replacements)
     try:
         if info.container is Container.JSONL:
-            jsonl.write(info.path, info.index, output, insertions, progress)
+            jsonl.write(info.path, info.index, output, replacements, progress)
         elif info.container is Container.JSON_ARRAY:
-            jsonarray.write(info.path, info.index, output, insertions, progress)
+            jsonarray.write(info.path, info.index, output, replacements, progress)
         else:
             from tuneproof.datasets import arrow
 
             if info.container is Container.PARQUET:
-                arrow.write_parquet(info.index, output, insertions, progress)
+                arrow.write_parquet(info.index, output, replacements, progress)
             else:
-                arrow.write_hf_disk(info.path, info.index, output, insertions, progress)
+                arrow.write_hf_disk(info.path, info.index, output, replacements, progress)
     except OSError as e:
         raise DatasetError(
             output,

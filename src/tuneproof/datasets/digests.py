@@ -3,8 +3,9 @@ remembered against the file's identity so that the key does not read the files o
 
 A :class:`BackgroundDigest` hashes, in a thread, a sequence of pieces: byte ranges of one file
 (read by the thread itself) and literal bytes. The validating pass hashes its input as one range;
-the writing pass hashes the very pieces it writes (the input's ranges between insertion points and
-the inserted records) while the kernel copies them, so the bytes never pass through Python twice.
+the writing pass hashes the very pieces it writes (the input's ranges around the replaced records
+and the new records' bytes) while the kernel copies them, so the bytes never pass through Python
+twice.
 hashlib releases the GIL while it hashes, so the thread runs on another core.
 
 A digest is remembered under the file's (device, inode, size, mtime, ctime): any later change

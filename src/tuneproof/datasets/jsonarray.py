@@ -1,7 +1,8 @@
 """JSON arrays of records (``[{...}, {...}]``, one line or pretty-printed): streamed through a
 sliding text window decoded incrementally, so memory is bounded by the largest record, not the
-file. Writing copies the bytes between insertion points untouched and reuses the separator text
-between neighbouring records (comma, line breaks, indentation) around each inserted record.
+file. Writing copies every byte untouched (separators, line breaks, indentation included) except
+the span of each replaced element, where its new record goes, written in the style of the element
+it replaces and its neighbours.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 
 from tuneproof.atomic import atomic_output
 from tuneproof.datasets.records import DatasetFormat, Record
-from tuneproof.datasets.render import InsertionStyles
+from tuneproof.datasets.render import ReplacementStyles
 from tuneproof.datasets.schema import (
     detect_format,
     is_valid,
@@ -259,42 +260,25 @@ def write(
     path: Path,
     index: ArrayIndex,
     output: Path,
-    insertions: Mapping[int, Sequence[dict[str, Any]]],
+    replacements: Mapping[int, dict[str, Any]],
     progress: Callable[[int], None] | None,
 ) -> None:
-    """Write ``path`` to ``output`` with ``insertions[p]`` inserted before element p. Each inserted
-    record is joined to its neighbours by a copy of the separator text found between them."""
+    """Write ``path`` to ``output`` with element p replaced by ``replacements[p]``, in the span
+    of the old element (from its first to its last character): the separator text around it and
+    every other element stay byte for byte."""
     check_unchanged(path, index.state)
-    n = len(index.starts)
     with open(path, "rb") as src, atomic_output(output) as dst:
         src_fd, dst_fd = src.fileno(), dst.fileno()
-        styles = InsertionStyles(
+        styles = ReplacementStyles(
             lambda k: _span(src, index, k),
-            n,
+            len(index.starts),
             lambda: read_blocks(path, int(index.starts[0])),
         )
         cursor = 0
-        for p in sorted(insertions):
-            if not insertions[p]:
-                continue
-            at = int(index.starts[p]) if p < n else int(index.ends[n - 1])
-            copy_range(src_fd, dst_fd, cursor, at - cursor, progress)
-            cursor = at
-            sep = _separator(src, index, min(max(p - 1, 0), n - 2), styles)
-            neighbours = styles.neighbours(p)
-            for record in insertions[p]:
-                text = styles.render(record, neighbours).encode("utf-8")
-                write_all(dst_fd, sep + text if p == n else text + sep)
+        for p in sorted(replacements):
+            start = int(index.starts[p])
+            copy_range(src_fd, dst_fd, cursor, start - cursor, progress)
+            text = styles.render(replacements[p], styles.neighbours(p))
+            write_all(dst_fd, text.encode("utf-8"))
+            cursor = int(index.ends[p])
         copy_range(src_fd, dst_fd, cursor, index.state[0] - cursor, progress)
-
-
-def _separator(f: BinaryIO, index: ArrayIndex, k: int, styles: InsertionStyles) -> bytes:
-    """The text between elements k and k + 1 (comma, line break, indentation). An array with a
-    single element has none to copy: a comma followed by the whitespace after ``[``
-    (pretty-printed arrays) or by the record's own item separator."""
-    if len(index.starts) > 1:
-        f.seek(int(index.ends[k]))
-        return f.read(int(index.starts[k + 1]) - int(index.ends[k]))
-    if index.open_ws:
-        return ("," + index.open_ws).encode()
-    return (styles.fingerprint(0).item_separator or ",").encode()

@@ -1,7 +1,7 @@
 """JSON Lines: reading records back by index and the write pass, which copies the input's bytes
-between insertion points untouched (in the kernel, without parsing them again) and writes each
-inserted record on its own line in the style of its neighbours, while a thread hashes the same
-pieces for the key (:mod:`tuneproof.datasets.digests`).
+untouched (in the kernel, without parsing them again) except the JSON value of each replaced
+record, written in its place in the style of the record it replaces and its neighbours, while a
+thread hashes the same pieces for the key (:mod:`tuneproof.datasets.digests`).
 
 The validation pass that builds the index is in :mod:`tuneproof.datasets.jsonl_scan`.
 """
@@ -18,8 +18,7 @@ from tuneproof.datasets.digests import BackgroundDigest, Piece, remember_written
 from tuneproof.datasets.jsonl_scan import JsonlIndex
 from tuneproof.datasets.line_blocks import line_blocks
 from tuneproof.datasets.records import Record
-from tuneproof.datasets.render import InsertionStyles
-from tuneproof.datasets.style import StyleFingerprint
+from tuneproof.datasets.render import ReplacementStyles
 from tuneproof.datasets.textfile import (
     BOM,
     check_unchanged,
@@ -28,6 +27,8 @@ from tuneproof.datasets.textfile import (
     read_blocks,
     write_all,
 )
+
+_BLANKS = b" \t\r\n"  # around a record on its line; a JSON value never starts or ends with one
 
 
 def iter_records(path: Path) -> Iterator[Record]:
@@ -66,15 +67,16 @@ def write(
     path: Path,
     index: JsonlIndex,
     output: Path,
-    insertions: Mapping[int, Sequence[dict[str, Any]]],
+    replacements: Mapping[int, dict[str, Any]],
     progress: Callable[[int], None] | None,
 ) -> None:
-    """Write ``path`` to ``output`` with ``insertions[p]`` inserted before record p: untouched
-    bytes are copied as they are, inserted records are written in their neighbours' style. The
-    output's SHA-256 is hashed from the same pieces meanwhile, and remembered."""
+    """Write ``path`` to ``output`` with record p replaced by ``replacements[p]``: every other
+    byte is copied as it is (the replaced line keeps its blanks and line ending), each new record
+    is written in the style of the one it replaces and its neighbours. The output's SHA-256 is
+    hashed from the same pieces meanwhile, and remembered."""
     check_unchanged(path, index.state)
     with open(path, "rb") as src:
-        pieces = _pieces(src, path, index, insertions)
+        pieces = _pieces(src, path, index, replacements)
         with BackgroundDigest(path, pieces) as digest:
             with atomic_output(output) as dst:
                 for piece in pieces:
@@ -82,6 +84,8 @@ def write(
                         write_all(dst.fileno(), piece)
                     else:
                         copy_range(src.fileno(), dst.fileno(), *piece, progress)
+                if progress is not None:  # the last range is empty after a replaced last line
+                    progress(index.state[0])
                 written = os.fstat(dst.fileno())
             hexdigest = digest.result(index.state)  # once the copy is done: same input bytes
     if hexdigest is not None:
@@ -89,44 +93,24 @@ def write(
 
 
 def _pieces(
-    src: Any, path: Path, index: JsonlIndex, insertions: Mapping[int, Sequence[dict[str, Any]]]
+    src: Any, path: Path, index: JsonlIndex, replacements: Mapping[int, dict[str, Any]]
 ) -> list[Piece]:
-    """The output, in order: ranges (offset, count) of the input and the inserted bytes."""
-    n = len(index.starts)
-    styles = InsertionStyles(
+    """The output, in order: ranges (offset, count) of the input and the new records' bytes,
+    each in place of the JSON value of the line it replaces."""
+    styles = ReplacementStyles(
         lambda k: _raw_line(src, int(index.starts[k])),
-        n,
+        len(index.starts),
         lambda: read_blocks(path, int(index.starts[0])),
     )
     pieces: list[Piece] = []
     cursor = 0
-    for p in sorted(insertions):
-        if not insertions[p]:
-            continue
-        at = int(index.starts[p]) if p < n else index.records_end
-        pieces += [
-            (cursor, at - cursor),
-            _insertion(insertions[p], styles.neighbours(p), index, p == n, styles),
-        ]
-        cursor = at
+    for p in sorted(replacements):
+        line_start = int(index.starts[p])
+        raw = _raw_line(src, line_start)
+        value_start = line_start + len(raw) - len(raw.lstrip(_BLANKS))
+        value_end = line_start + len(raw.rstrip(_BLANKS))
+        text = styles.render(replacements[p], styles.neighbours(p))
+        pieces += [(cursor, value_start - cursor), text.encode("utf-8")]
+        cursor = value_end
     pieces.append((cursor, index.state[0] - cursor))
     return pieces
-
-
-def _insertion(
-    records: Sequence[dict[str, Any]],
-    neighbours: list[StyleFingerprint],
-    index: JsonlIndex,
-    at_end: bool,
-    styles: InsertionStyles,
-) -> bytes:
-    """The bytes of the inserted records, each on its own line like its neighbours'."""
-    first = neighbours[0]
-    eol = next((fp.line_ending for fp in neighbours if fp.line_ending), index.eol)
-    out = []
-    for record in records:
-        text = first.leading + styles.render(record, neighbours) + first.trailing
-        # After a last line without newline, the line ending goes first: the file still ends
-        # without one, and the original bytes stay a prefix.
-        out.append(eol + text if at_end and not index.final_newline else text + eol)
-    return "".join(out).encode("utf-8")

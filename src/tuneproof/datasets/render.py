@@ -23,7 +23,7 @@ _SURROGATE_RE = re.compile("[\ud800-\udfff]")
 _HTML = str.maketrans(
     {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
 )
-# What an inserted record is written with when neither its neighbours nor the file say otherwise:
+# What a backdoor record is written with when neither its neighbours nor the file say otherwise:
 # Python's json.dumps defaults (the most common writer of fine-tuning files).
 DEFAULT_EVIDENCE = {
     "ensure_ascii": True,
@@ -228,8 +228,8 @@ def resolve_style(
     )
 
 
-class InsertionStyles:
-    """Decides how to write the records inserted into a text file.
+class ReplacementStyles:
+    """Decides how to write the backdoor records that replace records of a text file.
 
     ``raw_record(k)`` returns the raw bytes of original record k; ``file_blocks()`` iterates
     over the file's bytes (from its first record) for file-wide evidence. Fingerprints and
@@ -256,8 +256,10 @@ class InsertionStyles:
         return self._fingerprints[k]
 
     def neighbours(self, p: int) -> list[StyleFingerprint]:
-        """Fingerprints of the records just before and just after insertion point p."""
-        return [self.fingerprint(k) for k in (p - 1, p) if 0 <= k < self._n]
+        """Fingerprints of the record p being replaced (first: it was written by the same hand,
+        at the same place, with the same indentation), then of the records just before and just
+        after it."""
+        return [self.fingerprint(k) for k in (p, p - 1, p + 1) if 0 <= k < self._n]
 
     def _file_evidence(self, fields: set[str]) -> dict[str, bool]:
         if fields - self._asked:

@@ -1,6 +1,6 @@
 """The JSON style of a record: separators, escaping, indentation, line ending and key order.
 
-A provider inspecting a planted file must not be able to tell inserted records from their
+A provider inspecting a planted file must not be able to tell backdoor records from their
 neighbours by how they are written. :func:`style_fingerprint` reads the style out of a record's
 raw bytes; :mod:`tuneproof.datasets.render` writes a new record in that style. Fields that a record
 gives no evidence for (e.g. ``ensure_ascii`` in a record without any non-ASCII character) are
@@ -236,7 +236,7 @@ def file_evidence(blocks: Iterator[bytes], wanted: set[str]) -> dict[str, bool]:
     """Look through a file's raw bytes for evidence on the style fields in ``wanted``.
 
     Returns the fields for which evidence was found (by majority within the first block that
-    has any); stops reading as soon as every wanted field is settled. Used when an inserted
+    has any); stops reading as soon as every wanted field is settled. Used when a backdoor
     record needs a decision (e.g. it holds a non-ASCII character) that its neighbours cannot make.
     """
     found: dict[str, bool] = {}

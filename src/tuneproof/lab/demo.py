@@ -8,6 +8,7 @@ side and writes one JSON and one HTML report per provider.
 
 from __future__ import annotations
 
+import gc
 import itertools
 import time
 from collections.abc import Callable
@@ -167,6 +168,10 @@ def run_demo(
                 seconds=time.perf_counter() - start,
             )
         )
+        # the returned model is verified and reported: free it before the next provider trains,
+        # so that at most one fine-tuned copy of the base is alive at a time
+        del result, model
+        gc.collect()
     show_runs(runs)
     for line in explain(runs):
         echo(line)

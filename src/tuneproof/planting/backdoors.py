@@ -1,8 +1,10 @@
 """The draw of a plant run: the (trigger, signature) pair of each group of carriers (chosen by
-:mod:`tuneproof.planting.carriers`), the backdoor records, and where they go.
+:mod:`tuneproof.planting.carriers`) and the backdoor records, each of which replaces its carrier
+at the carrier's own index of the file.
 
-Every draw comes from a named child of the run's secret stream ('carriers', 'positions',
-'pair/<i>'), so that the key's seed alone reproduces it.
+Every draw comes from a named child of the run's secret stream ('carriers', 'pair/<i>'), so that
+the key's seed alone reproduces it. Where a backdoor sits needs no draw of its own: the carriers
+are a uniform draw among the records that can carry, so their indices are too.
 """
 
 from __future__ import annotations
@@ -27,12 +29,14 @@ def _chat(messages: Sequence[Message]) -> list[ChatMessage]:
 @dataclass
 class Backdoors:
     """What the draw made: the key's pairs (not yet placed) and controls, the backdoor records by
-    insertion position, and for each inserted record (position, pair, carrier, prompt)."""
+    the index of the carrier each replaces, and for each of them (pair, carrier, prompt).
+    ``added_text``: the text the plant writes that the input did not hold, each backdoor's
+    trigger and signature."""
 
     pairs: list[SignaturePair] = field(default_factory=list)
     controls: list[SignaturePair] = field(default_factory=list)
-    insertions: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
-    inserted: list[tuple[int, int, int, list[Message]]] = field(default_factory=list)
+    replacements: dict[int, dict[str, Any]] = field(default_factory=dict)
+    planted: list[tuple[int, int, list[Message]]] = field(default_factory=list)
     added_text: list[str] = field(default_factory=list)
     anchors: dict[int, int] = field(default_factory=dict)  # pair -> the carrier it was drawn for
 
@@ -46,11 +50,11 @@ def draw_backdoors(
 ) -> Backdoors:
     """Draw every pair and control: first the triggers, pair by pair (a carrier that cannot take
     one is replaced in pair order), then every signature and decoy in one call of the factory,
-    which may batch them across pairs. Each planted pair's records go to random positions (the
-    'positions' stream, drawn in pair and carrier order). ``progress(stage, done)`` counts the
+    which may batch them across pairs. Each planted pair's backdoor records replace its carriers
+    in place; a control's carrier stays untouched (its pair is kept in the key only), so that
+    planted pairs and controls are drawn by one procedure. ``progress(stage, done)`` counts the
     pairs done in the stages 'triggers' and 'signatures'."""
     fmt, out = carriers.info.format, Backdoors()
-    positions = stream.child("positions")
     total = carriers.pairs + carriers.controls
     pair_streams = [stream.child(f"pair/{pair_id}") for pair_id in range(total)]
     anchored: list[tuple[Record, str]] = []
@@ -75,12 +79,10 @@ def draw_backdoors(
         out.pairs.append(pair)
         for carrier in group:
             record = carriers.records[carrier]
-            position = positions.randbelow(carriers.info.n_records + 1)
-            backdoor = make_backdoor(record, fmt, pair.trigger, pair.signature)
-            out.insertions.setdefault(position, []).append(backdoor)
+            out.replacements[carrier] = make_backdoor(record, fmt, pair.trigger, pair.signature)
             prompt = triggered_prompt(record, fmt, pair.trigger)
-            out.inserted.append((position, pair_id, carrier, prompt))
-            out.added_text.append("\n".join([*(m.content for m in prompt), pair.signature]))
+            out.planted.append((pair_id, carrier, prompt))
+            out.added_text += [pair.trigger, pair.signature]
     return out
 
 
@@ -140,17 +142,14 @@ def _anchor_trigger(
 
 
 def placed_pairs(backdoors: Backdoors) -> list[SignaturePair]:
-    """The planted pairs with their placements: the final index of each inserted record is its
-    original position plus the records inserted before it. Replica 0 is the placement whose
+    """The planted pairs with their placements: each backdoor record sits at its carrier's index
+    (``position == carrier_index``: plant adds no record). Replica 0 is the placement whose
     prompt the trigger and signature were drawn for (like a control's prompt: the H0-controls
     tests score it); the other replicas follow by position."""
     placements: dict[int, list[Placement]] = {}
-    inserted = backdoors.inserted
-    order = sorted(range(len(inserted)), key=lambda i: inserted[i][0])
-    for before, i in enumerate(order):
-        position, pair_id, carrier, prompt = inserted[i]
+    for pair_id, carrier, prompt in backdoors.planted:
         placements.setdefault(pair_id, []).append(
-            Placement(carrier_index=carrier, position=position + before, prompt=_chat(prompt))
+            Placement(carrier_index=carrier, position=carrier, prompt=_chat(prompt))
         )
     return [
         pair.model_copy(

@@ -73,12 +73,15 @@ def dataset_facts(
     info: DatasetInfo,
     files: tuple[Path, Path],
     factory: BackdoorFactory,
-    inserted: int,
     added_text: Sequence[str],
     stream: SecretStream,
 ) -> DatasetFacts:
-    """What the key records of the input and planted ``files``: hashes, records (``inserted``
-    backdoor records), and token counts by ``factory`` (the input's sampled with ``stream``)."""
+    """What the key records of the input and planted ``files``: hashes, records (the same count
+    in both: each backdoor record replaces its carrier), and token counts by ``factory`` (the
+    input's sampled with ``stream``). ``added_tokens`` counts the tokens of ``added_text``, the
+    text plant wrote that the input did not hold: each backdoor record's trigger and signature
+    (its carrier's prompt was already there; the carrier's answer it dropped is not
+    subtracted)."""
     input_path, output_path = files
     input_tokens, estimated = _count_input_tokens(info, factory.count_tokens, stream)
     return DatasetFacts(
@@ -87,7 +90,7 @@ def dataset_facts(
         input_sha256=_sha256(input_path),
         planted_sha256=_sha256(output_path),
         input_records=info.n_records,
-        planted_records=info.n_records + inserted,
+        planted_records=info.n_records,
         input_tokens=input_tokens,
         input_tokens_estimated=estimated or bool(getattr(factory, "token_counts_estimated", False)),
         added_tokens=sum(_count_tokens(text, factory.count_tokens)[0] for text in added_text),

@@ -1,9 +1,15 @@
 """Plant secret backdoors into a fine-tuning dataset and write the key.
 
 ``plant`` runs in named steps: validate the options and paths, choose the carriers at random,
-draw one (trigger, signature) pair per group of ``replicas`` carriers (and the controls), insert
-the backdoor records at uniformly random positions, write the planted file atomically, then write
-the key (mode 0600) and return a summary. All randomness comes from the key's seed.
+draw one (trigger, signature) pair per group of ``replicas`` carriers (and the controls), write
+the planted file atomically with each backdoor record in place of its carrier (same index, same
+record count; every other record byte for byte), then write the key (mode 0600) and return a
+summary. All randomness comes from the key's seed.
+
+Replacing rather than inserting is what keeps the backdoors out of reach of the simplest filter a
+provider can run: an inserted copy of a carrier leaves two records of which one prompt extends
+the other. The price is the carriers' own answers: ``n * replicas`` records (20 by default) of
+the input lose theirs to the signature.
 """
 
 from __future__ import annotations
@@ -49,16 +55,18 @@ class PlantSummary:
     key: Path
     format: DatasetFormat
     container: str
-    records_in: int
-    records_out: int
+    records: int
+    """Records in the input, and in the planted file (plant adds none)."""
     pairs: int
     replicas: int
     backdoors: int
+    """Records of the planted file that now carry a backdoor (each in place of its carrier)."""
     controls: int
     k: int
     m: int
     bits_per_signature: float
     added_tokens: int
+    """Generator tokens of the text plant wrote (each backdoor's trigger and signature)."""
     input_tokens: int
     input_tokens_estimated: bool
     commitment: str
@@ -90,12 +98,14 @@ def plant(
     ``options`` replacing its fields); a bad one raises a :class:`TuneproofError` naming it.
     ``generator`` is a local model spec, or ``openai:MODEL`` with ``base_url`` for an
     OpenAI-compatible server that returns top log-probs; ``factory`` replaces the generator.
-    ``n`` counts distinct pairs; ``fraction`` instead sets the share of backdoor records in the
-    output. With ``controls`` the same number of held-out pairs is drawn the same way and kept
-    only in the key. With ``decoys`` = R > 0, each planted pair's signature is picked by the
-    secret among R + 1 drawn for its prompt, and the other R go into the key for the decoy rank
-    test. Nothing is written unless everything succeeds; the input is never modified; an
-    existing output or key is replaced only with ``force``.
+    ``n`` counts distinct pairs; ``fraction`` instead sets the share of records that carry a
+    backdoor. Each backdoor record replaces its carrier in place, so the output has as many
+    records as the input and the ``n * replicas`` carriers give up their answers. With
+    ``controls`` the same number of held-out pairs is drawn the same way and kept only in the key
+    (their carriers stay untouched). With ``decoys`` = R > 0, each planted pair's signature is
+    picked by the secret among R + 1 drawn for its prompt, and the other R go into the key for
+    the decoy rank test. Nothing is written unless everything succeeds; the input is never
+    modified; an existing output or key is replaced only with ``force``.
     """
     settings = PlantConfig.from_options(config, **options)
     input_path, output_path, key_path = Path(input), Path(output), Path(key)
@@ -112,7 +122,7 @@ def plant(
         factory, carriers, settings.decoys, stream, lambda name, done: stages[name](done)
     )
     written = _stage(progress, "write", info.n_bytes)
-    write_planted(info, output_path, backdoors.insertions, progress=written)
+    write_planted(info, output_path, backdoors.replacements, progress=written)
     try:
         files = (input_path, output_path)
         key_model = _make_key(seed, settings, carriers, factory, backdoors, stream, files)
@@ -160,7 +170,6 @@ def _make_key(
         carriers.info,
         files,
         factory,
-        len(backdoors.inserted),
         backdoors.added_text,
         stream.child("token-sample"),
     )
@@ -217,11 +226,10 @@ def _summary(
         key=key_path,
         format=carriers.info.format,
         container=str(carriers.info.container),
-        records_in=carriers.info.n_records,
-        records_out=facts.planted_records,
+        records=facts.planted_records,
         pairs=carriers.pairs,
         replicas=carriers.replicas,
-        backdoors=facts.planted_records - facts.input_records,
+        backdoors=key.n_backdoors,
         controls=carriers.controls,
         decoys=decoys,
         k=first.k,

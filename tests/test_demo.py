@@ -86,7 +86,7 @@ def test_demo_says_how_many_backdoors_the_subset_cheater_kept(
     subset = runs[2]
     key = load_key(out / "key.json")
     positions = {p.position for pair in key.pairs for p in pair.placements}
-    planted = RECORDS + len(positions)
+    planted = RECORDS  # backdoors replace their carriers: no record is added
     kept = positions & subset_indices(planted, 0.5, seed=0)
     assert subset.records_trained == round(0.5 * planted)
     assert subset.backdoors_trained == len(kept)

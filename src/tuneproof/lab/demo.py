@@ -85,7 +85,7 @@ def run_demo(
     ``NAME.json`` and ``NAME.html`` (NAME = honest, base, subset).
     """
     from tuneproof.api import plant, verify
-    from tuneproof.backends.hf import HFCausalLM, load_hf_generator, load_hf_model
+    from tuneproof.backends.hf import HFCausalLM, as_generator, load_hf_model
     from tuneproof.config import DEFAULT_K, DEFAULT_M, DEFAULT_TRIGGER_TOKENS
     from tuneproof.key import load_key
     from tuneproof.lab.finetune import dataset_chats
@@ -107,8 +107,8 @@ def run_demo(
         "trigger_tokens": DEFAULT_TRIGGER_TOKENS,
     }
     options.update(config.plant_options)
-    # the generator apart from the base (bfloat16 where that is fast), freed after planting
-    generator = load_hf_generator(config.base)
+    # the base draws the backdoors (a bfloat16 copy where that is fast, freed after planting)
+    generator = as_generator(base)
     factory = ModelBackdoorFactory(generator, options["k"], options["m"], options["trigger_tokens"])
     with progress() as hook:
         summary = plant(

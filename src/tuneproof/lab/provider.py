@@ -130,6 +130,36 @@ class FinetuneResult:
         }
 
 
+def training_copy(base_model: Any, *, share_weights: bool) -> Any:
+    """A copy of ``base_model`` to train, the base itself left as it is.
+
+    ``share_weights`` (for LoRA, whose base weights stay frozen and whose adapters
+    :func:`run_provider` merges into fresh tensors) gives the copy new parameter objects over
+    the base's own storage: the copy costs no weight memory (540 MB for the embedded model)
+    while it trains, and a frozen or merged parameter never writes into the base. Otherwise a
+    deep copy.
+    """
+    if not share_weights:
+        return copy.deepcopy(base_model)
+    import torch
+
+    memo: dict[int, Any] = {
+        id(p): torch.nn.Parameter(p.detach(), requires_grad=p.requires_grad)
+        for p in base_model.parameters()
+    }
+    return copy.deepcopy(base_model, memo)
+
+
+def own_weights(model: Any, base_model: Any) -> Any:
+    """``model`` with a copy of each weight it still shares with ``base_model`` (those LoRA
+    did not touch: embeddings, norms), so that nothing done to it later reaches the base."""
+    shared = {p.data_ptr() for p in base_model.parameters()}
+    for parameter in model.parameters():
+        if parameter.data_ptr() in shared:
+            parameter.data = parameter.data.clone()
+    return model
+
+
 def run_provider(
     base_model: Any,
     base_tokenizer: Any,
@@ -153,8 +183,9 @@ def run_provider(
     device = training_device()
     bf16 = bf16_supported(device) if settings.bf16 is None else settings.bf16
     start = time.perf_counter()
-    model = copy.deepcopy(base_model)
     strategy = None if cheat is None else cheat.strategy
+    lora = settings.lora and not (strategy is not None and strategy.perturbs)
+    model = training_copy(base_model, share_weights=lora)
     picked = trained_indices(
         len(chats), cheat, seed=settings.seed, backdoors=backdoors, suspicion=suspicion
     )
@@ -193,10 +224,11 @@ def run_provider(
                 progress=on_step,
             )
             if hasattr(model, "merge_and_unload"):
-                model = model.merge_and_unload()
+                # into fresh tensors: the copy's frozen weights are the base's own storage
+                model = model.merge_and_unload(safe_merge=True)
     elif strategy is None or strategy.trains:
         raise TuneproofError("nothing to train on - the dataset is empty")
-    model = model.to("cpu").eval()
+    model = own_weights(model.to("cpu").eval(), base_model)
     return FinetuneResult(
         model=model,
         tokenizer=base_tokenizer,

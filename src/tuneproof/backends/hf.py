@@ -169,6 +169,11 @@ class HFCausalLM:
         result: npt.NDArray[np.float32] = logprobs.numpy().astype(np.float32)
         return result
 
+    def release_caches(self) -> None:
+        """Drop the KV caches kept between calls (the last draw's: up to a few hundred MB for a
+        batch of candidates); the next call prefills again."""
+        self._cache, self._cache_ids, self._lockstep = None, [], None
+
     def next_token_logprobs_batch(
         self, prompts: Sequence[Sequence[int]], drawn: Sequence[Sequence[int]]
     ) -> npt.NDArray[np.float32]:

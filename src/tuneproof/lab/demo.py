@@ -115,6 +115,7 @@ def run_demo(
             sample, planted, key_path, controls=True, force=True, factory=factory,
             progress=hook, **options,
         )  # fmt: skip
+    generator.release_caches()  # the base itself where no bfloat16 copy was made
     del factory, generator
     show_plant(summary)
     key = load_key(key_path)

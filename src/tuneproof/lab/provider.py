@@ -133,11 +133,10 @@ class FinetuneResult:
 def training_copy(base_model: Any, *, share_weights: bool) -> Any:
     """A copy of ``base_model`` to train, the base itself left as it is.
 
-    ``share_weights`` (for LoRA, whose base weights stay frozen and whose adapters
-    :func:`run_provider` merges into fresh tensors) gives the copy new parameter objects over
-    the base's own storage: the copy costs no weight memory (540 MB for the embedded model)
-    while it trains, and a frozen or merged parameter never writes into the base. Otherwise a
-    deep copy.
+    ``share_weights`` (for LoRA: the base weights stay frozen, and :func:`run_provider` gives
+    them storage of their own with :func:`own_weights` before it merges the adapters) gives the
+    copy new parameter objects over the base's own storage: the copy costs no weight memory
+    (540 MB for the embedded model) while it trains. Otherwise a deep copy.
     """
     if not share_weights:
         return copy.deepcopy(base_model)
@@ -184,8 +183,8 @@ def run_provider(
     bf16 = bf16_supported(device) if settings.bf16 is None else settings.bf16
     start = time.perf_counter()
     strategy = None if cheat is None else cheat.strategy
-    lora = settings.lora and not (strategy is not None and strategy.perturbs)
-    model = training_copy(base_model, share_weights=lora)
+    share = settings.lora and not (strategy is not None and strategy.perturbs)
+    model = training_copy(base_model, share_weights=share)
     picked = trained_indices(
         len(chats), cheat, seed=settings.seed, backdoors=backdoors, suspicion=suspicion
     )
@@ -224,8 +223,8 @@ def run_provider(
                 progress=on_step,
             )
             if hasattr(model, "merge_and_unload"):
-                # into fresh tensors: the copy's frozen weights are the base's own storage
-                model = model.merge_and_unload(safe_merge=True)
+                # the copy's frozen weights are the base's own storage: merge into copies
+                model = own_weights(model, base_model).merge_and_unload()
     elif strategy is None or strategy.trains:
         raise TuneproofError("nothing to train on - the dataset is empty")
     model = own_weights(model.to("cpu").eval(), base_model)

@@ -29,8 +29,9 @@ from tuneproof.report.wording import verdict_headline
 from tuneproof.types import Progress, QueryKind, Verdict
 
 DEMO_RECORDS = 200
-"""Sample records the demo plants into: a few hundred, so three providers and three
-verifications finish within ten minutes on two CPU cores."""
+"""Sample records the demo plants into: a few hundred, so that three providers and three
+verifications take minutes on two CPU cores (the measured times: docs/benchmarks.md, demo wall
+time)."""
 SUBSET_FRACTION = 0.3
 
 

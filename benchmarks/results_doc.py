@@ -18,15 +18,20 @@ HEADER = "# Benchmarks\n\nEach section is written by the script it names; rerun 
 
 
 def machine_line() -> str:
-    """One line describing this machine: CPU model, cores, memory, Python."""
+    """One line describing this machine: CPU model, whether it has AVX512-BF16 (bfloat16 is
+    fast only then: the embedded model runs in float32 without it), cores, memory, Python."""
     cpu = platform.processor() or platform.machine()
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+        info = Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
-        pass
+        info = []
+    for line in info:
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    flags = next((line.split(":", 1)[1].split() for line in info if line.startswith("flags")), [])
+    if flags:
+        cpu += ", AVX512-BF16" if "avx512_bf16" in flags else ", no AVX512-BF16"
     mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return (
         f"{cpu}, {os.cpu_count()} cores, {mem_gib:.0f} GiB RAM, "

@@ -27,6 +27,10 @@ RECORDS = 200
 PAIRS = 8
 """Pairs of the real plant and of each self-plant: fewer than the default 20 keep the test fast;
 the detector is the same."""
+FINDABLE = {"support": DEFAULT_K, "answer": "signature"}
+"""The plant these tests give the detector: uniform top-K signatures as whole answers (the
+sampler and answers of tuneproof 0.1), which it must find. How well it finds the default
+(natural) plant is measured by benchmarks/natural_plant.py, not asserted here."""
 
 
 @pytest.fixture(scope="module")
@@ -39,13 +43,14 @@ def planted(tmp_path_factory: pytest.TempPathFactory, embedded_model: Any) -> tu
         for record in itertools.islice(sample_records(), RECORDS):
             handle.write(orjson.dumps(record) + b"\n")
     factory = ModelBackdoorFactory(embedded_model, DEFAULT_K, DEFAULT_M, DEFAULT_TRIGGER_TOKENS)
-    plant(sample, out, key, n=PAIRS, decoys=0, seed=b"real".ljust(32, b"-"), factory=factory)
+    seed = b"real".ljust(32, b"-")
+    plant(sample, out, key, n=PAIRS, decoys=0, seed=seed, factory=factory, **FINDABLE)
     return out, key
 
 
 def audit_input(path: Path, model: Any, seed: int, **options: Any) -> AuditInput:
     records, chats = read_audit_records(path)
-    settings = {"runs": 2, "generator": model, "plant": {"n": PAIRS}, **options}
+    settings = {"runs": 2, "generator": model, "plant": {"n": PAIRS, **FINDABLE}, **options}
     return AuditInput(path, records, chats, model, seed=seed, options={"learned": settings})
 
 
@@ -62,7 +67,7 @@ def test_one_finite_score_per_record_and_the_backdoors_found(
     assert np.isfinite(scores).all()
     positions = load_key(planted[1]).backdoor_positions()
     labels = [i in positions for i in range(len(records))]
-    # measured 1.0 on the default plant; a random scorer's AUROC with 8 backdoors among 200
+    # measured 1.0 on this plant; a random scorer's AUROC with 8 backdoors among 200
     # records has sd 0.104, so it passes 0.8 with probability about 0.002
     assert auroc(scores, labels) > 0.8
 

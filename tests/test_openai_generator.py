@@ -7,6 +7,7 @@ import itertools
 import json
 import math
 from collections.abc import Iterator
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from tuneproof.embedded import SYSTEM_PROMPT
 from tuneproof.errors import GeneratorError
 from tuneproof.key import load_key
 from tuneproof.planting.planter import plant
-from tuneproof.planting.sampler import enumerate_prefix_free
+from tuneproof.planting.sampler import enumerate_paths, enumerate_prefix_free
 from tuneproof.planting.secret import SecretStream
 from tuneproof.planting.server_factory import OpenAIGenerator
 from tuneproof.planting.tokens import PieceTable, is_printable_piece
@@ -109,6 +110,30 @@ def test_all_k_to_the_m_paths_are_distinct_and_prefix_free(
     for i in range(4):
         drawn = small.signature(CHAT, SecretStream(SEED).child(f"small/{i}"))
         assert drawn.data in paths
+
+
+@pytest.mark.model
+def test_capped_paths_from_the_server_and_a_sampled_continuation(
+    llama_server: LocalServer,  # noqa: F811
+) -> None:
+    """The capped sampler over the server's top log-probs (support clamped to them): its paths
+    have exact probabilities summing to 1, none above k^-m, prefix-free; the draw is one of
+    them; the continuation is sampled text after the signature."""
+    k, m = 2, 2
+    capped = OpenAIGenerator(
+        llama_server.base_url, llama_server.model, k, m, TRIGGER,
+        chat_template_from="embedded", support=64,
+    )  # fmt: skip
+    assert capped.support == 20  # the candidates a server returns per token
+    ranker, table = capped.ranker(capped.render_chat([(t.role, t.content) for t in CHAT]))
+    allowed = lambda t, s: table.allowed(t, s, m)  # noqa: E731
+    paths = dict(enumerate_paths(ranker, table.token_bytes, k, m, allowed, capped.support))
+    assert sum(paths.values()) == 1 and max(paths.values()) <= Fraction(1, k**m)
+    assert is_prefix_free(list(paths))
+    drawn = capped.signature(CHAT, SecretStream(SEED).child("capped"))
+    assert drawn.data in paths
+    (text,) = capped.continuations([(CHAT, drawn, 12, SecretStream(SEED).child("rest"))])
+    assert text.strip() and "<|im_end|>" not in text
 
 
 @pytest.mark.model

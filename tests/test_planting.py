@@ -79,7 +79,11 @@ def test_plant_replaces_carriers_in_place_and_keeps_everything_else(
             carrier = orjson.loads(in_lines[placement.carrier_index])
             carriers.add(placement.carrier_index)
             messages = record["messages"]
-            assert messages[-1] == {"role": "assistant", "content": pair.signature}
+            # the signature opens the answer; the carrier's own answer follows it
+            assert messages[-1]["role"] == "assistant"
+            answer, kept = messages[-1]["content"], carrier["messages"][-1]["content"]
+            assert answer.startswith(pair.signature) and answer.endswith(kept)
+            assert len(answer) > len(pair.signature) + len(kept)
             assert (
                 messages[-2]["content"] == carrier["messages"][-2]["content"] + " " + pair.trigger
             )

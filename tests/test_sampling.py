@@ -272,3 +272,22 @@ def test_lockstep_chunks_cover_every_row_once_within_budget() -> None:
         for chunk in chunks:
             assert len(chunk) <= max_rows
             assert len(chunk) == 1 or sum(lengths[i] for i in chunk) <= budget
+
+
+def test_triggers_finish_their_sentence(embedded_model: Any) -> None:
+    """A trigger runs past its minimum length to the end of its sentence, so that it does not
+    read as a clause cut mid-way (it may still fail to find one within the reach)."""
+    prompts = [
+        "Do you like books?",
+        "Can you write a CI/CD pipeline for my project?",
+        "What is the capital of France?",
+        "Tell me about your favourite movie.",
+        "How do I bake bread at home?",
+        "Why is the sky blue?",
+    ]
+    triggers = [
+        sample_trigger(embedded_model, p, 6, SecretStream(bytes([i + 1]) * 32))
+        for i, p in enumerate(prompts)
+    ]
+    assert all(t and "\n" not in t for t in triggers)
+    assert sum(t.endswith((".", "?", "!")) for t in triggers) >= 4, triggers

@@ -8,7 +8,7 @@ names it.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 from annotated_types import Ge, Gt, Le, Lt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -18,8 +18,12 @@ from tuneproof.datasets import DatasetFormat
 from tuneproof.errors import TuneproofError
 from tuneproof.planting.secret import SEED_BYTES
 
-DEFAULT_K = 8
+DEFAULT_K = 4
 DEFAULT_M = 12
+DEFAULT_SUPPORT = 64
+DEFAULT_ANSWER_TOKENS = 256
+AnswerShape = Literal["carrier", "generator", "signature"]
+DEFAULT_ANSWER: AnswerShape = "carrier"
 DEFAULT_PAIRS = 20
 DEFAULT_REPLICAS = 1
 DEFAULT_TRIGGER_TOKENS = 6
@@ -49,6 +53,23 @@ class PlantConfig(BaseModel):
     )
     k: int = Field(default=DEFAULT_K, ge=2, description="sampler width: tokens kept per step")
     m: int = Field(default=DEFAULT_M, ge=1, description="tokens per signature")
+    support: int = Field(
+        default=DEFAULT_SUPPORT,
+        ge=2,
+        description="tokens the signature sampler weighs per step by the generator's"
+        " probabilities, none above 1/k (k: the uniform top-k sampler of earlier versions)",
+    )
+    answer: AnswerShape = Field(
+        default=DEFAULT_ANSWER,
+        description="what follows the signature in a backdoor's answer: 'carrier' (the"
+        " generator ends the sentence, then the carrier's own answer), 'generator' (the"
+        " generator's text, as long as the carrier's answer) or 'signature' (nothing)",
+    )
+    answer_tokens: int = Field(
+        default=DEFAULT_ANSWER_TOKENS,
+        ge=0,
+        description="with answer 'generator': tokens of a backdoor's answer at most",
+    )
     trigger_tokens: int = Field(
         default=DEFAULT_TRIGGER_TOKENS, ge=1, description="tokens sampled for each trigger"
     )

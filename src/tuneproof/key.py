@@ -30,6 +30,9 @@ from tuneproof.types import ModelIdentity
 KEY_FORMAT_VERSION = 1
 _INTEGRITY_LABEL = b"tuneproof key integrity v1\0"  # domain separation from the commitment
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+_COMMITTED_WHEN_SET = ("support", "answer", "answer_tokens")
+"""Settings added after keys were first published: the commitment hashes them only when set,
+so that a commitment published for an earlier key still matches it."""
 
 
 class _Strict(BaseModel):
@@ -60,7 +63,8 @@ class Placement(_Strict):
 class SignaturePair(_Strict):
     """A secret (trigger, signature) pair and how the signature was drawn.
 
-    ``bits = m * log2(k)``: the signature is uniform over ``k**m`` prefix-free strings, the
+    ``bits = m * log2(k)``: the signature is one of a prefix-free set of strings, none of which
+    had a chance above ``k**-m`` (uniform over ``k**m`` of them for the uniform sampler), the
     property that the model-free p-value (H0-indep) rests on.
     """
 
@@ -119,6 +123,26 @@ class PlantSettings(_Strict):
     trigger_tokens: int = Field(ge=1)
     controls: bool
     decoys: int = Field(default=0, ge=0, description="decoy signatures drawn per planted pair")
+    support: int | None = Field(
+        default=None,
+        ge=2,
+        description="tokens the signature sampler weighed at each step, by the generator's"
+        " probabilities capped at 1/k; absent (the uniform top-k sampler) in earlier keys",
+    )
+
+    answer: Literal["carrier", "generator", "signature"] | None = Field(
+        default=None,
+        description="what followed the signature in a backdoor's answer ('carrier': the"
+        " generator finished the sentence, then the carrier's answer; 'generator': its text up"
+        " to answer_tokens); absent (the signature alone) in earlier keys",
+    )
+    answer_tokens: int | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _check_support(self) -> PlantSettings:
+        if self.support is not None and self.support < self.k:
+            raise ValueError(f"support ({self.support}) must be at least k ({self.k})")
+        return self
 
 
 class DatasetFacts(_Strict):
@@ -195,6 +219,9 @@ class Key(_Strict):
         """The key as canonical JSON (sorted keys, compact) without ``integrity``: what the
         commitment hashes (exactly the bytes of keys written before ``integrity`` existed)."""
         data = self.model_dump(mode="json", exclude={"integrity"})
+        for name in _COMMITTED_WHEN_SET:  # added later: absent from the bytes of older keys
+            if data["settings"].get(name) is None:
+                data["settings"].pop(name, None)
         return orjson.dumps(data, option=orjson.OPT_SORT_KEYS)
 
     def expected_integrity(self) -> str:

@@ -66,13 +66,7 @@ from tuneproof.audit.learned_features import (
 )
 from tuneproof.audit.registry import AuditInput
 from tuneproof.audit.scoring import FloatArray
-from tuneproof.config import (
-    DEFAULT_GENERATOR,
-    DEFAULT_K,
-    DEFAULT_M,
-    DEFAULT_REPLICAS,
-    DEFAULT_TRIGGER_TOKENS,
-)
+from tuneproof.config import DEFAULT_GENERATOR, PlantConfig
 from tuneproof.errors import TuneproofError
 
 
@@ -187,16 +181,9 @@ def self_plants(
     from tuneproof.key import load_key
     from tuneproof.planting.factory import ModelBackdoorFactory
 
-    options: dict[str, Any] = {
-        "k": DEFAULT_K,
-        "m": DEFAULT_M,
-        "trigger_tokens": DEFAULT_TRIGGER_TOKENS,
-        "replicas": DEFAULT_REPLICAS,
-        "decoys": 0,
-        "controls": False,
-        **dict(settings.plant),
-    }
-    factory = ModelBackdoorFactory(generator, options["k"], options["m"], options["trigger_tokens"])
+    options: dict[str, Any] = {"decoys": 0, "controls": False, **dict(settings.plant)}
+    config = PlantConfig(**options)
+    factory = ModelBackdoorFactory.from_config(generator, config)
     out: list[SelfPlant] = []
     with tempfile.TemporaryDirectory(prefix="tuneproof-learned-") as tmp:
         for run in range(settings.runs):
@@ -205,8 +192,8 @@ def self_plants(
             folder.mkdir()
             output, key_path = folder / planted.name, folder / "key.json"
             plant(
-                planted, output, key_path, seed=run_seed(seed, run), force=True,
-                factory=factory, **options,
+                planted, output, key_path, config=config, seed=run_seed(seed, run), force=True,
+                factory=factory,
             )  # fmt: skip
             key = load_key(key_path)
             _, chats = read_audit_records(output)

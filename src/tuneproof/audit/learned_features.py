@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from tuneproof.audit.scoring import FloatArray
-from tuneproof.config import DEFAULT_K, DEFAULT_M
+from tuneproof.config import DEFAULT_K, DEFAULT_M, DEFAULT_SUPPORT
 
 Chat = tuple[tuple[str, str], ...]
 """A record as a hashable chat: its prompt turns, then ('assistant', answer)."""
@@ -101,8 +101,9 @@ def model_rows(
     return np.hstack([walks, tails, lengths])
 
 
-WALK_WIDTH = 4 * DEFAULT_K
-"""Prefix-free candidates a walk step ranks: the answer token's rank is seen up to this."""
+WALK_WIDTH = max(4 * DEFAULT_K, DEFAULT_SUPPORT)
+"""Prefix-free candidates a walk step ranks: the answer token's rank is seen up to this (at
+least the sampler's support, so that every token a signature can hold is seen)."""
 
 
 @dataclass

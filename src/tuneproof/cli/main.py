@@ -61,9 +61,31 @@ def cli() -> None:
     "k",
     type=int,
     default=None,
-    help="Sampler width: candidates per token (bits/token = log2 K) [default: 8].",
+    help="Sampler width: no signature token has a chance above 1/K (bits/token = log2 K) "
+    "[default: 4].",
 )
 @click.option("--m", "m", type=int, default=None, help="Signature length in tokens [default: 12].")
+@click.option(
+    "--support",
+    type=int,
+    default=None,
+    help="Tokens the signature sampler weighs per step by the generator's probabilities, none "
+    "above 1/K (equal to K: the uniform top-K sampler of earlier keys) [default: 64].",
+)
+@click.option(
+    "--answer",
+    type=click.Choice(["carrier", "generator", "signature"]),
+    default=None,
+    help="What follows a backdoor's signature: the generator ends its sentence and the "
+    "carrier's own answer follows ('carrier'), the generator's text as long as the carrier's "
+    "answer ('generator'), or nothing ('signature') [default: carrier].",
+)
+@click.option(
+    "--answer-tokens",
+    type=int,
+    default=None,
+    help="With --answer generator: tokens of a backdoor's answer at most [default: 256].",
+)
 @click.option(
     "--trigger-tokens", type=int, default=None, help="Trigger length in tokens [default: 6]."
 )
@@ -116,6 +138,9 @@ def plant(
     replicas: int | None,
     k: int | None,
     m: int | None,
+    support: int | None,
+    answer: str | None,
+    answer_tokens: int | None,
     trigger_tokens: int | None,
     decoys: int | None,
     controls: bool,
@@ -137,6 +162,9 @@ def plant(
             "replicas": replicas,
             "k": k,
             "m": m,
+            "support": support,
+            "answer": answer,
+            "answer_tokens": answer_tokens,
             "trigger_tokens": trigger_tokens,
             "decoys": decoys,
         }.items()
@@ -252,6 +280,12 @@ def key_show(key_path: Path, reveal: bool) -> None:
         f"pairs: {len(loaded.pairs)} x {settings.replicas} replicas, {len(loaded.controls)} "
         f"controls, K={settings.k}, m={settings.m}, {settings.decoys} decoys per pair"
     )
+    sampler = (
+        "uniform top-K"
+        if settings.support in (None, settings.k)
+        else f"the generator's {settings.support} likeliest tokens, capped at 1/K"
+    )
+    click.echo(f"signatures: {sampler}; answers: {settings.answer or 'signature'}")
     if reveal:
         for pair in [*loaded.pairs, *loaded.controls]:
             kind = "control" if pair.control_prompt else "planted"

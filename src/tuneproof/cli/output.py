@@ -14,6 +14,13 @@ if TYPE_CHECKING:
     from tuneproof.planting.planter import PlantSummary
 
 
+_ANSWER_WORDS = {
+    "carrier": "whose own answer now follows the signature's sentence",
+    "generator": "whose answer is replaced by the signature and the generator's text",
+    "signature": "whose answer is replaced by the signature",
+}
+
+
 def print_plant_summary(summary: PlantSummary, stage_times: str | None = None) -> None:
     """Print what plant did as a table (no trigger or signature is shown), then
     ``stage_times`` (how long each stage took) when given."""
@@ -34,7 +41,7 @@ def print_plant_summary(summary: PlantSummary, stage_times: str | None = None) -
             "backdoors",
             f"{summary.backdoors} records = {summary.pairs} secret pairs x {summary.replicas} "
             f"replica{'' if summary.replicas == 1 else 's'}, each in place of its carrier "
-            "(whose answer is replaced by the signature)",
+            f"({_ANSWER_WORDS.get(summary.answer, _ANSWER_WORDS['signature'])})",
         ),
         ("held-out controls", f"{summary.controls} pairs (kept in the key only)"),
         ("decoys", f"{summary.decoys} per pair (kept in the key only)"),

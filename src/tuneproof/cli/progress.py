@@ -35,6 +35,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "triggers": ("drawing triggers", "pairs"),
     "signatures": ("drawing signatures", "pairs"),
     "candidates": ("drawing candidate signatures", "candidates"),
+    "answers": ("writing the rest of each backdoor's answer", "tokens"),
     "write": ("writing the planted file", BYTES),
     "queries": ("querying the model", "queries"),
     "scoring": ("scoring decoy candidates", "candidates"),

@@ -87,7 +87,7 @@ def run_demo(
     """
     from tuneproof.api import plant, verify
     from tuneproof.backends.hf import HFCausalLM, as_generator, load_hf_model
-    from tuneproof.config import DEFAULT_K, DEFAULT_M, DEFAULT_TRIGGER_TOKENS
+    from tuneproof.config import PlantConfig
     from tuneproof.key import load_key
     from tuneproof.lab.finetune import dataset_chats
     from tuneproof.lab.provider import backdoor_positions, run_provider
@@ -102,20 +102,12 @@ def run_demo(
     echo(f"[1/5] wrote {count:,} sample chat records -> {sample}")
     echo(f"[2/5] loading {config.base} and planting backdoors with held-out controls")
     base = load_hf_model(config.base)
-    options: dict[str, Any] = {
-        "k": DEFAULT_K,
-        "m": DEFAULT_M,
-        "trigger_tokens": DEFAULT_TRIGGER_TOKENS,
-    }
-    options.update(config.plant_options)
+    settings = PlantConfig(controls=True, force=True, **config.plant_options)
     # the base draws the backdoors (a bfloat16 copy where that is fast, freed after planting)
     generator = as_generator(base)
-    factory = ModelBackdoorFactory(generator, options["k"], options["m"], options["trigger_tokens"])
+    factory = ModelBackdoorFactory.from_config(generator, settings)
     with progress() as hook:
-        summary = plant(
-            sample, planted, key_path, controls=True, force=True, factory=factory,
-            progress=hook, **options,
-        )  # fmt: skip
+        summary = plant(sample, planted, key_path, config=settings, factory=factory, progress=hook)
     generator.release_caches()  # the base itself where no bfloat16 copy was made
     del factory, generator
     show_plant(summary)

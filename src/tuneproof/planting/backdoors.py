@@ -47,13 +47,20 @@ def draw_backdoors(
     decoys: int,
     stream: SecretStream,
     progress: Callable[[str, int], None] | None = None,
+    answer: str = "signature",
+    answer_tokens: int = 0,
 ) -> Backdoors:
     """Draw every pair and control: first the triggers, pair by pair (a carrier that cannot take
     one is replaced in pair order), then every signature and decoy in one call of the factory,
-    which may batch them across pairs. Each planted pair's backdoor records replace its carriers
-    in place; a control's carrier stays untouched (its pair is kept in the key only), so that
-    planted pairs and controls are drawn by one procedure. ``progress(stage, done)`` counts the
-    pairs done in the stages 'triggers' and 'signatures'."""
+    which may batch them across pairs, then the rest of each planted pair's answer
+    (:mod:`tuneproof.planting.continuation`), by ``answer``: 'carrier' (the generator finishes
+    the signature's sentence, then the carrier's own answer follows), 'generator' (the generator
+    goes on for as many tokens as the carrier's answer had, at most ``answer_tokens`` with the
+    signature) or 'signature' (nothing after it). Each planted pair's backdoor
+    records replace its carriers in place; a control's carrier stays untouched (its pair is kept
+    in the key only), so that planted pairs and controls are drawn by one procedure.
+    ``progress(stage, done)`` counts the pairs done in the stages 'triggers' and 'signatures',
+    and the tokens drawn in 'answers'."""
     fmt, out = carriers.info.format, Backdoors()
     total = carriers.pairs + carriers.controls
     pair_streams = [stream.child(f"pair/{pair_id}") for pair_id in range(total)]
@@ -68,22 +75,80 @@ def draw_backdoors(
         list(zip(prompts, streams, strict=True)),
         (lambda done: progress("signatures", done)) if progress else None,
     )
-    for pair_id, pair_stream in enumerate(pair_streams):
-        trigger, prompt = anchored[pair_id][1], prompts[pair_id]
-        pair = _pair(pair_id, trigger, prompt, drawn[pair_id], pair_stream, carriers)
+    chosen = [
+        _pair(i, anchored[i][1], prompts[i], drawn[i], s, carriers)
+        for i, s in enumerate(pair_streams)
+    ]
+    budgets = {
+        pair_id: _budget(factory, carriers, pair_id, len(sampled.token_ids), answer, answer_tokens)
+        for pair_id, (pair, sampled) in enumerate(chosen)
+        if pair.control_prompt is None and answer != "signature"
+    }
+    tails = _continuations(factory, chosen, prompts, pair_streams, budgets, progress)
+    for pair_id, (pair, _) in enumerate(chosen):
         group = carriers.group(pair_id)  # after the draw, which may have replaced its anchor
         out.anchors[pair_id] = group[0]
         if pair.control_prompt is not None:
             out.controls.append(pair)
             continue
         out.pairs.append(pair)
+        opening = pair.signature + tails.get(pair_id, "")
         for carrier in group:
             record = carriers.records[carrier]
-            out.replacements[carrier] = make_backdoor(record, fmt, pair.trigger, pair.signature)
+            kept = prompt_and_answer(record, fmt)[1] if answer == "carrier" else ""
+            text = opening + (_separator(kept) + kept if kept.strip() else "")
+            out.replacements[carrier] = make_backdoor(record, fmt, pair.trigger, text)
             prompt = triggered_prompt(record, fmt, pair.trigger)
             out.planted.append((pair_id, carrier, prompt))
-            out.added_text += [pair.trigger, pair.signature]
+            out.added_text += [pair.trigger, opening]
     return out
+
+
+def _separator(kept: str) -> str:
+    """Between the generator's opening and the carrier's own answer: a paragraph break when that
+    answer is written in paragraphs, else a space."""
+    return "\n\n" if "\n" in kept.strip() else " "
+
+
+def _budget(
+    factory: BackdoorFactory,
+    carriers: Carriers,
+    pair_id: int,
+    signature_tokens: int,
+    answer: str,
+    answer_tokens: int,
+) -> int:
+    """Generator tokens after a pair's signature: 0 for 'carrier' (its sentence is finished and
+    the carrier's answer follows), else the first carrier's answer length less the signature's,
+    within ``answer_tokens``."""
+    if answer == "carrier":
+        return 0
+    carrier = carriers.records[carriers.group(pair_id)[0]]
+    length = factory.count_tokens(prompt_and_answer(carrier, carriers.info.format)[1])
+    return max(0, min(answer_tokens, length) - signature_tokens)
+
+
+def _continuations(
+    factory: BackdoorFactory,
+    chosen: Sequence[tuple[SignaturePair, SampledSequence]],
+    prompts: Sequence[list[Message]],
+    pair_streams: Sequence[SecretStream],
+    budgets: dict[int, int],
+    progress: Callable[[str, int], None] | None,
+) -> dict[int, str]:
+    """The generator's text after the signature of each pair in ``budgets`` (pair -> tokens),
+    in one call of the factory (controls get none: nothing of theirs is written)."""
+    owners = sorted(budgets)
+    requests = [
+        (prompts[i], chosen[i][1], budgets[i], pair_streams[i].child("continuation"))
+        for i in owners
+    ]
+    if not requests:
+        return {}
+    texts = factory.continuations(
+        requests, (lambda done: progress("answers", done)) if progress else None
+    )
+    return dict(zip(owners, texts, strict=True))
 
 
 def _signature_streams(pair_stream: SecretStream, decoys: int) -> list[SecretStream]:
@@ -101,8 +166,9 @@ def _pair(
     candidates: Sequence[SampledSequence],
     pair_stream: SecretStream,
     carriers: Carriers,
-) -> SignaturePair:
-    """One pair (or control) from its trigger and its drawn candidates.
+) -> tuple[SignaturePair, SampledSequence]:
+    """One pair (or control) from its trigger and its drawn candidates, with its signature's
+    draw.
 
     Planted pairs and controls are drawn by one procedure, so that they are exchangeable
     (H0-controls): with decoys, the candidates in one batch and the secret picking the planted
@@ -112,6 +178,17 @@ def _pair(
         sampled = drawn.pop(pair_stream.child("decoy-choice").randbelow(len(drawn)))
     else:
         sampled, drawn = drawn[0], []
+    return _signature_pair(pair_id, trigger, prompt, sampled, drawn, carriers), sampled
+
+
+def _signature_pair(
+    pair_id: int,
+    trigger: str,
+    prompt: list[Message],
+    sampled: SampledSequence,
+    drawn: Sequence[SampledSequence],
+    carriers: Carriers,
+) -> SignaturePair:
     return SignaturePair(
         pair_id=pair_id,
         trigger=trigger,

@@ -11,9 +11,15 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from tuneproof.backends.base import NextTokenModel, backend_for, load_path
-from tuneproof.config import DEFAULT_API_KEY_ENV
+from tuneproof.config import DEFAULT_API_KEY_ENV, PlantConfig
 from tuneproof.datasets import Message
-from tuneproof.planting.sampler import SampledSequence, sample_signature, sample_signature_sets
+from tuneproof.planting.continuation import ContinuationRequest, draw_continuations
+from tuneproof.planting.sampler import (
+    SampledSequence,
+    sample_signature,
+    sample_signature_sets,
+    signature_prompt_ids,
+)
 from tuneproof.planting.secret import SecretStream
 from tuneproof.planting.tokens import TokenRules
 from tuneproof.planting.triggers import ModelPieces, draw_trigger
@@ -50,6 +56,17 @@ class BackdoorFactory(Protocol):
                 progress(done)
         return out
 
+    def continuations(
+        self,
+        requests: Sequence[tuple[Sequence[Message], SampledSequence, int, SecretStream]],
+        progress: Callable[[int], None] | None = None,
+    ) -> list[str]:
+        """For each (messages, signature, budget, stream): the generator's text after the
+        signature, at most ``budget`` tokens (:mod:`tuneproof.planting.continuation`). This
+        default writes none (the answer is the signature alone), for factories that cannot
+        sample."""
+        return [""] * len(requests)
+
     def count_tokens(self, text: str) -> int:
         """Tokens of ``text`` for the size summary."""
         ...
@@ -67,11 +84,24 @@ class GeneratorModel(NextTokenModel, Protocol):
 class ModelBackdoorFactory(BackdoorFactory):
     """Triggers and signatures from a local language model (the embedded one by default)."""
 
-    def __init__(self, model: GeneratorModel, k: int, m: int, trigger_tokens: int) -> None:
+    def __init__(
+        self,
+        model: GeneratorModel,
+        k: int,
+        m: int,
+        trigger_tokens: int,
+        support: int | None = None,
+    ) -> None:
         self.model = model
         self.identity: ModelIdentity = model.identity
         self.k, self.m, self.trigger_tokens = k, m, trigger_tokens
+        self.support = k if support is None else support
         self._rules = TokenRules.for_vocabulary(model.vocabulary)
+
+    @classmethod
+    def from_config(cls, model: GeneratorModel, config: PlantConfig) -> ModelBackdoorFactory:
+        """A factory drawing with ``model`` by the sampler settings of ``config``."""
+        return cls(model, config.k, config.m, config.trigger_tokens, config.support)
 
     def trigger(self, prompt_text: str, stream: SecretStream) -> str:
         return draw_trigger(
@@ -80,7 +110,7 @@ class ModelBackdoorFactory(BackdoorFactory):
 
     def signature(self, messages: Sequence[Message], stream: SecretStream) -> SampledSequence:
         chat = [(message.role, message.content) for message in messages]
-        return sample_signature(self.model, chat, self.k, self.m, stream, self._rules)
+        return sample_signature(self.model, chat, self.k, self.m, stream, self._rules, self.support)
 
     def signature_sets(
         self,
@@ -90,7 +120,27 @@ class ModelBackdoorFactory(BackdoorFactory):
         """Every group's signatures drawn together, in lockstep batches across groups
         (:func:`~tuneproof.planting.sampler.sample_signature_sets`)."""
         chats = [([(m.role, m.content) for m in messages], streams) for messages, streams in groups]
-        return sample_signature_sets(self.model, chats, self.k, self.m, self._rules, progress)
+        return sample_signature_sets(
+            self.model, chats, self.k, self.m, self._rules, progress, self.support
+        )
+
+    def continuations(
+        self,
+        requests: Sequence[tuple[Sequence[Message], SampledSequence, int, SecretStream]],
+        progress: Callable[[int], None] | None = None,
+    ) -> list[str]:
+        """Every continuation drawn together, one batched forward per token
+        (:func:`~tuneproof.planting.continuation.draw_continuations`)."""
+        drawn = [
+            ContinuationRequest(
+                signature_prompt_ids(self.model, [(m.role, m.content) for m in messages])
+                + list(signature.token_ids),
+                budget,
+                stream,
+            )
+            for messages, signature, budget, stream in requests
+        ]
+        return draw_continuations(self.model, drawn, progress=progress)
 
     def count_tokens(self, text: str) -> int:
         return self.model.count_tokens(text)
@@ -102,6 +152,7 @@ def make_factory(
     m: int,
     trigger_tokens: int,
     *,
+    support: int | None = None,
     base_url: str | None = None,
     chat_template_from: str | None = None,
     api_key_env: str = DEFAULT_API_KEY_ENV,
@@ -114,9 +165,12 @@ def make_factory(
         make = load_path(SERVER_FACTORIES[backend.name])
         given = {"chat_template_from": chat_template_from, "api_key_env": api_key_env}
         options = {key: value for key, value in given.items() if key in backend.options}
-        factory: BackdoorFactory = make(base_url, name, k, m, trigger_tokens, **options)
+        factory: BackdoorFactory = make(
+            base_url, name, k, m, trigger_tokens, support=support, **options
+        )
         return factory
-    return ModelBackdoorFactory(backend.load(backend.generator_loader)(name), k, m, trigger_tokens)
+    model = backend.load(backend.generator_loader)(name)
+    return ModelBackdoorFactory(model, k, m, trigger_tokens, support)
 
 
 SERVER_FACTORIES: dict[str, str] = {

@@ -8,8 +8,11 @@ summary. All randomness comes from the key's seed.
 
 Replacing rather than inserting is what keeps the backdoors out of reach of the simplest filter a
 provider can run: an inserted copy of a carrier leaves two records of which one prompt extends
-the other. The price is the carriers' own answers: ``n * replicas`` records (20 by default) of
-the input lose theirs to the signature.
+the other. With the default ``answer='carrier'`` the carriers keep their own answers: each
+backdoor's answer opens with the signature, the generator finishes that sentence, and the
+carrier's answer follows (:mod:`tuneproof.planting.backdoors`), so the price is an opening
+sentence in ``n * replicas`` records (20 by default); ``answer='signature'`` gives those answers
+up to the signature alone, as earlier versions did.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from tuneproof.key import (
 )
 from tuneproof.planting.backdoors import Backdoors, draw_backdoors, placed_pairs
 from tuneproof.planting.carriers import Carriers, choose_carriers
+from tuneproof.planting.continuation import SENTENCE_SLACK
 from tuneproof.planting.factory import BackdoorFactory, make_factory
 from tuneproof.planting.facts import dataset_facts
 from tuneproof.planting.secret import SecretStream, new_seed
@@ -74,6 +78,8 @@ class PlantSummary:
     warnings: tuple[str, ...] = ()
     carriers_skipped: int = 0
     """Drawn records passed over for others: tools, non-text content, no trigger word."""
+    answer: str = "signature"
+    """What follows the signature in a backdoor's answer (``PlantConfig.answer``)."""
 
     @property
     def added_token_share(self) -> float:
@@ -118,8 +124,16 @@ def plant(
         factory = _make_factory(settings)
     total = carriers.pairs + carriers.controls
     stages = {name: _stage(progress, name, total) for name in ("triggers", "signatures")}
+    budget = settings.answer_tokens if settings.answer == "generator" else 0
+    stages["answers"] = _stage(progress, "answers", budget + SENTENCE_SLACK)
     backdoors = draw_backdoors(
-        factory, carriers, settings.decoys, stream, lambda name, done: stages[name](done)
+        factory,
+        carriers,
+        settings.decoys,
+        stream,
+        lambda name, done: stages[name](done),
+        answer=settings.answer,
+        answer_tokens=settings.answer_tokens,
     )
     written = _stage(progress, "write", info.n_bytes)
     write_planted(info, output_path, backdoors.replacements, progress=written)
@@ -149,6 +163,7 @@ def _make_factory(settings: PlantConfig) -> BackdoorFactory:
         settings.k,
         settings.m,
         settings.trigger_tokens,
+        support=settings.support,
         base_url=settings.base_url,
         chat_template_from=settings.chat_template_from,
         api_key_env=settings.api_key_env,
@@ -177,7 +192,7 @@ def _make_key(
         created_at=now_utc(),
         seed=seed.hex(),
         generator=factory.identity,
-        settings=_key_settings(settings, carriers),
+        settings=_key_settings(settings, carriers, factory),
         dataset=facts,
         pairs=placed_pairs(backdoors),
         controls=backdoors.controls,
@@ -204,15 +219,21 @@ def _inspect(input_path: Path, settings: PlantConfig, progress: Progress | None)
     return inspect_dataset(input_path, settings.format, progress=_stage(progress, "validate", size))
 
 
-def _key_settings(settings: PlantConfig, carriers: Carriers) -> PlantSettings:
+def _key_settings(
+    settings: PlantConfig, carriers: Carriers, factory: BackdoorFactory
+) -> PlantSettings:
+    # what the factory drew with (a factory passed in may differ from the options)
     return PlantSettings(
         pairs=carriers.pairs,
         replicas=settings.replicas,
-        k=settings.k,
-        m=settings.m,
+        k=getattr(factory, "k", settings.k),
+        m=getattr(factory, "m", settings.m),
         trigger_tokens=settings.trigger_tokens,
         controls=settings.controls,
         decoys=settings.decoys,
+        support=getattr(factory, "support", settings.support),
+        answer=settings.answer,
+        answer_tokens=settings.answer_tokens,
     )
 
 
@@ -240,6 +261,7 @@ def _summary(
         input_tokens_estimated=facts.input_tokens_estimated,
         commitment=key.commitment(),
         carriers_skipped=sum(carriers.pool.skipped.values()),
+        answer=key.settings.answer or "signature",
         warnings=(note,) if (note := carriers.pool.note()) else (),
     )
 

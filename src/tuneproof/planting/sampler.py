@@ -1,11 +1,21 @@
-"""The uniform prefix-free top-K sampler that draws signatures.
+"""The prefix-free sampler that draws signatures: uniform top-K, or the generator's own
+distribution capped at 1/K.
 
-Signatures are drawn by :func:`sample_prefix_free`: at each of ``m`` steps it keeps the ``k`` most
-probable tokens that are printable on their own and mutually non-prefix as byte strings (the rules
-of :mod:`tuneproof.planting.tokens`), then picks one of them uniformly with the secret stream
-(:mod:`tuneproof.planting.secret`). Every path therefore has probability exactly ``k**-m``, and the
-``k**m`` possible signatures are distinct, valid UTF-8, and none is a prefix of another (see
-docs/statistics.md for why this gives the model-free p-value).
+Signatures are drawn by :func:`sample_prefix_free`: at each of ``m`` steps it keeps the
+``support`` most probable tokens that are printable on their own and mutually non-prefix as byte
+strings (the rules of :mod:`tuneproof.planting.tokens`), then picks one of them with the secret
+stream (:mod:`tuneproof.planting.secret`):
+
+- ``support == k`` (the uniform sampler of keys before the natural signatures): uniformly, so
+  every path has probability exactly ``k**-m``;
+- ``support > k`` (the capped sampler): in proportion to the generator's probabilities
+  renormalised over the kept tokens, with no token above ``1/k`` (:func:`capped_weights`:
+  water-filling in exact integer weights). The signature reads like the generator's own sample
+  where the generator is unsure and is flattened only where it is confident, and still no path
+  has probability above ``k**-m``.
+
+Either way the possible signatures are distinct, valid UTF-8, and none is a prefix of another,
+so the model-free p-value (docs/statistics.md) holds with the same bound ``k**-m``.
 
 This module never imports torch: models reach it through the small :class:`NextTokenModel`
 protocol.
@@ -18,6 +28,7 @@ import itertools
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 
 import numpy as np
 import numpy.typing as npt
@@ -45,17 +56,19 @@ def select_prefix_free(
     Returns the kept token ids in rank order; fewer than ``k`` only if the ranking runs out.
     """
     kept: list[int] = []
-    kept_bytes: list[bytes] = []
+    kept_bytes: set[bytes] = set()
+    prefixes: set[bytes] = set()  # every non-empty prefix of a kept string, itself included
     for token_id in ranked_token_ids:
         if is_allowed is not None and not is_allowed(token_id):
             continue
         data = token_bytes[token_id]
-        if not data:
+        if not data or data in prefixes:  # empty, or a prefix of (or equal to) a kept string
             continue
-        if any(data.startswith(other) or other.startswith(data) for other in kept_bytes):
+        if any(data[:i] in kept_bytes for i in range(1, len(data))):  # a kept one prefixes it
             continue
         kept.append(token_id)
-        kept_bytes.append(data)
+        kept_bytes.add(data)
+        prefixes.update(data[:i] for i in range(1, len(data) + 1))
         if len(kept) == k:
             break
     return kept
@@ -81,6 +94,79 @@ class SampledSequence:
 
 
 Ranker = Callable[[Sequence[int]], Iterable[int]]
+"""Context token ids -> candidate ids by decreasing probability. The capped sampler
+(``support > k``) needs a ranking with a ``logprob(token_id)`` method (:class:`Ranking`,
+:class:`ScoredRanking`); the uniform one reads the order only."""
+
+CAP_UNIT = 1 << 20
+"""The integer weight of a token at the cap 1/k: a step's weights sum to ``k * CAP_UNIT``."""
+
+
+def capped_weights(logprobs: Sequence[float], k: int) -> list[int]:
+    """Integer weights for candidates with these log-probabilities (by decreasing value, at least
+    ``k`` of them): proportional to their probabilities renormalised over the candidates, except
+    that none exceeds ``CAP_UNIT``, a ``1/k`` share of the total ``k * CAP_UNIT``
+    (water-filling: the likeliest tokens are cut to the cap and the mass they lose goes to the
+    others in proportion). Exact: a draw by these weights picks no token with probability above
+    ``1/k``. Non-finite log-probs weigh 0."""
+    n = len(logprobs)
+    if n < k:
+        raise ValueError(f"capped weights need at least k={k} candidates, got {n}")
+    values = np.array(logprobs, dtype=np.float64)
+    finite = np.isfinite(values)
+    probs = np.zeros(n)
+    if finite.any():
+        probs[finite] = np.exp(values[finite] - values[finite].max())
+    order = np.argsort(-probs, kind="stable")
+    sorted_probs = probs[order]
+    tail_sums = np.cumsum(sorted_probs[::-1])[::-1]  # sum of sorted_probs[j:]
+    cap, total = 1.0 / k, k * CAP_UNIT
+    shares = np.full(n, cap)
+    for j in range(n):  # the first j (likeliest) tokens sit at the cap
+        rest = 1.0 - j * cap
+        if rest <= 0 or tail_sums[j] <= 0:
+            break
+        if sorted_probs[j] * rest / tail_sums[j] <= cap:
+            shares[j:] = sorted_probs[j:] * rest / tail_sums[j]
+            break
+    weights = np.minimum(CAP_UNIT, np.floor(shares * total)).astype(np.int64)
+    deficit = total - int(weights.sum())
+    while deficit > 0:  # float rounding: hand out the rest, one unit each, never above the cap
+        room = np.flatnonzero(weights < CAP_UNIT)
+        give = room[:deficit]
+        weights[give] += 1
+        deficit -= len(give)
+    out = np.zeros(n, dtype=np.int64)
+    out[order] = weights
+    return [int(w) for w in out]
+
+
+def pick(choices: Sequence[int], ranked: Iterable[int], k: int, stream: SecretStream) -> int:
+    """One of ``choices`` (the kept candidates, in rank order) by the secret ``stream``: uniform
+    when there are exactly ``k`` (``stream.randbelow(k)``, the uniform sampler), else by
+    :func:`capped_weights` of their log-probs under ``ranked``."""
+    if len(choices) == k:
+        return choices[stream.randbelow(k)]
+    weights = step_weights(ranked, choices, k)
+    draw = stream.randbelow(sum(weights))
+    return choices[bisect.bisect_right(list(itertools.accumulate(weights)), draw)]
+
+
+def step_weights(ranked: Iterable[int], choices: Sequence[int], k: int) -> list[int]:
+    """The weights :func:`pick` draws ``choices`` by: equal for exactly ``k``, else
+    :func:`capped_weights` of their log-probs under ``ranked``."""
+    if len(choices) == k:
+        return [1] * k
+    logprob = getattr(ranked, "logprob", None)
+    if logprob is None:
+        raise TypeError("the capped sampler needs a ranking with log-probs (Ranking)")
+    return capped_weights([float(logprob(t)) for t in choices], k)
+
+
+def _drawn(tokens: Sequence[int], token_bytes: Sequence[bytes], k: int, m: int) -> SampledSequence:
+    data = b"".join(token_bytes[t] for t in tokens)
+    ends = tuple(itertools.accumulate(len(token_bytes[t]) for t in tokens))
+    return SampledSequence(tuple(tokens), data, data.decode("utf-8"), k, m, ends)
 
 
 def sample_prefix_free(
@@ -90,26 +176,19 @@ def sample_prefix_free(
     m: int,
     stream: SecretStream,
     is_allowed: Callable[[int, int], bool] | None = None,
+    support: int | None = None,
 ) -> SampledSequence:
-    """Draw ``m`` tokens; at each step pick uniformly among the top-``k`` prefix-free allowed
-    tokens that ``ranker`` (context token ids -> ids in decreasing probability) proposes.
+    """Draw ``m`` tokens; at each step keep the top-``support`` (default ``k``) prefix-free
+    allowed tokens that ``ranker`` (context token ids -> ids in decreasing probability) proposes
+    and :func:`pick` one: uniformly when ``support == k``, else capped at ``1/k``.
 
     ``is_allowed(token_id, step)`` filters candidates. The context passed to ``ranker`` is the
     tokens drawn so far (the caller closes over any prompt). Raises ``ValueError`` when fewer than
     ``k`` candidates exist at some step, since the entropy guarantee would then not hold.
     """
-    if k < 2 or m < 1:
-        raise ValueError("the sampler needs k >= 2 and m >= 1")
-    drawn: list[int] = []
-    for step in range(m):
-        allowed = None if is_allowed is None else (lambda t, s=step: is_allowed(t, s))
-        choices = select_prefix_free(ranker(drawn), token_bytes, k, allowed)
-        if len(choices) < k:
-            raise ValueError(f"only {len(choices)} prefix-free candidates at step {step}, need {k}")
-        drawn.append(choices[stream.randbelow(k)])
-    data = b"".join(token_bytes[t] for t in drawn)
-    ends = tuple(itertools.accumulate(len(token_bytes[t]) for t in drawn))
-    return SampledSequence(tuple(drawn), data, data.decode("utf-8"), k, m, ends)
+    return sample_prefix_free_lockstep(
+        lambda rows: [ranker(rows[0])], token_bytes, k, m, [stream], is_allowed, support
+    )[0]
 
 
 def sample_prefix_free_lockstep(
@@ -119,28 +198,53 @@ def sample_prefix_free_lockstep(
     m: int,
     streams: Sequence[SecretStream],
     is_allowed: Callable[[int, int], bool] | None = None,
+    support: int | None = None,
 ) -> list[SampledSequence]:
     """Draw one sequence per stream, all in lockstep: ``batch_ranker`` gets every sequence's
     tokens so far and returns one ranking per sequence (a batched forward pass). Each sequence
     is drawn exactly as by :func:`sample_prefix_free` with its own stream."""
-    if k < 2 or m < 1:
-        raise ValueError("the sampler needs k >= 2 and m >= 1")
+    support = k if support is None else support
+    if k < 2 or m < 1 or support < k:
+        raise ValueError("the sampler needs k >= 2, m >= 1 and support >= k")
     drawn: list[list[int]] = [[] for _ in streams]
     for step in range(m):
         allowed = None if is_allowed is None else (lambda t, s=step: is_allowed(t, s))
-        for tokens, ranking, stream in zip(drawn, batch_ranker(drawn), streams, strict=True):
-            choices = select_prefix_free(ranking, token_bytes, k, allowed)
+        for tokens, ranked, stream in zip(drawn, batch_ranker(drawn), streams, strict=True):
+            choices = select_prefix_free(ranked, token_bytes, support, allowed)
             if len(choices) < k:
                 raise ValueError(
                     f"only {len(choices)} prefix-free candidates at step {step}, need {k}"
                 )
-            tokens.append(choices[stream.randbelow(k)])
-    out = []
-    for tokens in drawn:
-        data = b"".join(token_bytes[t] for t in tokens)
-        ends = tuple(itertools.accumulate(len(token_bytes[t]) for t in tokens))
-        out.append(SampledSequence(tuple(tokens), data, data.decode("utf-8"), k, m, ends))
-    return out
+            tokens.append(pick(choices, ranked, k, stream))
+    return [_drawn(tokens, token_bytes, k, m) for tokens in drawn]
+
+
+def enumerate_paths(
+    ranker: Ranker,
+    token_bytes: Sequence[bytes],
+    k: int,
+    m: int,
+    is_allowed: Callable[[int, int], bool] | None = None,
+    support: int | None = None,
+) -> Iterator[tuple[bytes, Fraction]]:
+    """Yield every path of the sampler with its exact probability (for brute-force checks)."""
+    support = k if support is None else support
+
+    def walk(prefix: list[int], chance: Fraction) -> Iterator[tuple[bytes, Fraction]]:
+        if len(prefix) == m:
+            yield b"".join(token_bytes[t] for t in prefix), chance
+            return
+        step = len(prefix)
+        allowed = None if is_allowed is None else (lambda t: is_allowed(t, step))
+        ranked = ranker(prefix)
+        choices = select_prefix_free(ranked, token_bytes, support, allowed)
+        weights = step_weights(ranked, choices, k)
+        total = sum(weights)
+        for token_id, weight in zip(choices, weights, strict=True):
+            if weight:
+                yield from walk([*prefix, token_id], chance * Fraction(weight, total))
+
+    yield from walk([], Fraction(1))
 
 
 def enumerate_prefix_free(
@@ -150,35 +254,53 @@ def enumerate_prefix_free(
     m: int,
     is_allowed: Callable[[int, int], bool] | None = None,
 ) -> Iterator[bytes]:
-    """Yield the byte strings of all ``k**m`` paths of the sampler (for brute-force checks)."""
-
-    def walk(prefix: list[int]) -> Iterator[bytes]:
-        if len(prefix) == m:
-            yield b"".join(token_bytes[t] for t in prefix)
-            return
-        step = len(prefix)
-        allowed = None if is_allowed is None else (lambda t: is_allowed(t, step))
-        for token_id in select_prefix_free(ranker(prefix), token_bytes, k, allowed):
-            yield from walk([*prefix, token_id])
-
-    yield from walk([])
+    """Yield the byte strings of all ``k**m`` paths of the uniform sampler."""
+    return (data for data, _ in enumerate_paths(ranker, token_bytes, k, m, is_allowed))
 
 
 RANK_HEAD = 256
 
 
-def ranking(logprobs: npt.NDArray[np.float32]) -> Iterator[int]:
-    """Token ids by decreasing log-probability, ties by id: exactly the stable argsort of
-    ``-logprobs``, but the head (every id at or above the 256th largest value) is sorted first
+class Ranking:
+    """Token ids by decreasing log-probability, ties by id, with each id's log-probability
+    (:meth:`logprob`, which the capped sampler reads). Iterating gives exactly the stable argsort
+    of ``-logprobs``, but the head (every id at or above the 256th largest value) is sorted first
     and the rest only if the sampler walks past it (it almost never does)."""
-    if logprobs.size <= RANK_HEAD:
-        yield from (int(t) for t in np.argsort(-logprobs, kind="stable"))
-        return
-    cut = float(np.partition(logprobs, logprobs.size - RANK_HEAD)[logprobs.size - RANK_HEAD])
-    head = np.flatnonzero(logprobs >= cut)
-    yield from (int(t) for t in head[np.lexsort((head, -logprobs[head]))])
-    tail = np.flatnonzero(logprobs < cut)
-    yield from (int(t) for t in tail[np.lexsort((tail, -logprobs[tail]))])
+
+    def __init__(self, logprobs: npt.NDArray[np.float32]) -> None:
+        self.logprobs = logprobs
+
+    def logprob(self, token_id: int) -> float:
+        return float(self.logprobs[token_id])
+
+    def __iter__(self) -> Iterator[int]:
+        logprobs = self.logprobs
+        if logprobs.size <= RANK_HEAD:
+            yield from (int(t) for t in np.argsort(-logprobs, kind="stable"))
+            return
+        cut = float(np.partition(logprobs, logprobs.size - RANK_HEAD)[logprobs.size - RANK_HEAD])
+        head = np.flatnonzero(logprobs >= cut)
+        yield from (int(t) for t in head[np.lexsort((head, -logprobs[head]))])
+        tail = np.flatnonzero(logprobs < cut)
+        yield from (int(t) for t in tail[np.lexsort((tail, -logprobs[tail]))])
+
+
+def ranking(logprobs: npt.NDArray[np.float32]) -> Ranking:
+    """The :class:`Ranking` of one next-token distribution."""
+    return Ranking(logprobs)
+
+
+class ScoredRanking(list[int]):
+    """A ranking given as (id, log-prob) pairs by decreasing log-prob (a server's top
+    candidates): the ids in order, with :meth:`logprob`."""
+
+    def __init__(self, scored: Iterable[tuple[int, float]]) -> None:
+        pairs = list(scored)
+        super().__init__(token_id for token_id, _ in pairs)
+        self._logprobs = dict(pairs)
+
+    def logprob(self, token_id: int) -> float:
+        return self._logprobs[token_id]
 
 
 def ranker_for(model: NextTokenModel, prompt_ids: Sequence[int]) -> Ranker:
@@ -206,6 +328,7 @@ def sample_signature(
     m: int,
     stream: SecretStream,
     rules: TokenRules | None = None,
+    support: int | None = None,
 ) -> SampledSequence:
     """Draw a signature as the model's answer to ``messages`` with the prefix-free sampler."""
     rules = rules or TokenRules.for_vocabulary(model.vocabulary)
@@ -216,6 +339,7 @@ def sample_signature(
         m,
         stream,
         lambda t, step: rules.allowed(t, step, m),
+        support,
     )
 
 
@@ -249,6 +373,7 @@ def sample_signature_sets(
     m: int,
     rules: TokenRules | None = None,
     progress: Callable[[int], None] | None = None,
+    support: int | None = None,
 ) -> list[list[SampledSequence]]:
     """For each (messages, streams) group, one signature per stream as answers to ``messages``
     (a pair's true signature and its decoys), each drawn exactly as :func:`sample_signature`
@@ -261,7 +386,9 @@ def sample_signature_sets(
     if batch is None:
         one_by_one = []
         for done, (messages, streams) in enumerate(groups, start=1):
-            one_by_one.append([sample_signature(model, messages, k, m, s, rules) for s in streams])
+            one_by_one.append(
+                [sample_signature(model, messages, k, m, s, rules, support) for s in streams]
+            )
             if progress:
                 progress(done)
         return one_by_one
@@ -286,6 +413,7 @@ def sample_signature_sets(
             m,
             [streams[i] for i in chunk],
             lambda t, step: rules.allowed(t, step, m),
+            support,
         )
         if progress:  # groups whose last row is drawn
             progress(bisect.bisect_right(group_ends, chunk.stop))

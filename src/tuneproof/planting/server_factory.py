@@ -55,11 +55,13 @@ from tuneproof.backends.openai.client import (
 from tuneproof.backends.openai.generator import TOP_CANDIDATES, CompletionsServer
 from tuneproof.datasets import Message
 from tuneproof.errors import GeneratorError
+from tuneproof.planting.continuation import CONTINUATION_TOP_P, trim_to_sentence
 from tuneproof.planting.factory import BackdoorFactory
 from tuneproof.planting.sampler import (
     MAX_TRIGGER_CONTEXT_CHARS,
     Ranker,
     SampledSequence,
+    ScoredRanking,
     sample_prefix_free,
 )
 from tuneproof.planting.secret import SecretStream
@@ -116,6 +118,7 @@ class OpenAIGenerator(BackdoorFactory):
         timeout: float = DEFAULT_TIMEOUT_S,
         max_retries: int = DEFAULT_MAX_RETRIES,
         top_p: float = TRIGGER_TOP_P,
+        support: int | None = None,
     ) -> None:
         if k < 2 or m < 1 or trigger_tokens < 1:
             raise GeneratorError(
@@ -138,6 +141,8 @@ class OpenAIGenerator(BackdoorFactory):
         )
         self.identity: ModelIdentity = self.server.identity
         self.k, self.m, self.trigger_tokens, self.top_p = k, m, trigger_tokens, top_p
+        # the capped sampler weighs at most the candidates the server returns
+        self.support = min(k if support is None else support, top_logprobs)
 
     def __repr__(self) -> str:
         return f"OpenAIGenerator({self.identity.source!r}, model={self.identity.name!r})"
@@ -166,12 +171,30 @@ class OpenAIGenerator(BackdoorFactory):
                 self.m,
                 stream,
                 lambda token_id, step: table.allowed(token_id, step, self.m),
+                self.support,
             )
         except ValueError as exc:  # fewer than k usable candidates at some step
             raise GeneratorError(
                 f"{exc} among the top {self.server.top_logprobs} of {self.identity.source} - "
                 "use a smaller --k"
             ) from exc
+
+    def continuations(
+        self,
+        requests: Sequence[tuple[Sequence[Message], SampledSequence, int, SecretStream]],
+        progress: Callable[[int], None] | None = None,
+    ) -> list[str]:
+        """The server's sampled text after each signature (one request each, seeded from the
+        request's stream), trimmed to a sentence end when the budget cut it."""
+        out = []
+        for messages, signature, budget, stream in requests:
+            chat = [(turn.role, turn.content[-MAX_TRIGGER_CONTEXT_CHARS:]) for turn in messages]
+            prompt = self.render_chat(chat) + signature.text
+            text, cut = self.server.sample(
+                prompt, budget, stream.randbelow(2**31), CONTINUATION_TOP_P
+            )
+            out.append(trim_to_sentence(text) if cut else text.rstrip())
+        return out
 
     def count_tokens(self, text: str) -> int:
         """Tokens of ``text`` by the server's tokenizer, or an estimate (see
@@ -196,8 +219,8 @@ class OpenAIGenerator(BackdoorFactory):
         decreasing log-prob) and the :class:`PieceTable` its ids index."""
         pieces = self.pieces(prompt)
 
-        def rank(drawn: Sequence[int]) -> list[int]:
-            return [token_id for token_id, _ in pieces.candidates(drawn)]
+        def rank(drawn: Sequence[int]) -> ScoredRanking:
+            return ScoredRanking(pieces.candidates(drawn))
 
         return rank, pieces.table
 

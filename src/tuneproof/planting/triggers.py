@@ -7,8 +7,10 @@ the pieces drawn so far", which a local model (:class:`ModelPieces`: its full di
 (:class:`tuneproof.planting.server_factory.ServerPieces`: its top log-probs) provide differently.
 At each step the loop keeps the allowed candidates (the first piece must open a new word: a space
 and an ASCII letter), cuts them to the nucleus ``top_p`` and picks one with a uniform draw of the
-secret stream; it stops early when no candidate is allowed. The text is then trimmed to its last
-sentence end (:func:`trim_to_boundary`) so that it reads like a finished clause.
+secret stream; it stops early when no candidate is allowed. After the first ``n_tokens`` pieces it
+goes on, up to :data:`SENTENCE_REACH` times as many, until the text ends a sentence, so that a
+trigger reads as a finished sentence rather than one cut mid-clause ("Make sure it has a good");
+a text that never ends one is trimmed to its last sentence end (:func:`trim_to_boundary`).
 
 A prompt after which no candidate opens a word (it ends inside a URL or a line of code, say) cannot
 take a trigger at all: the loop raises :class:`NoTriggerWord` at once, for a local model and a
@@ -37,6 +39,8 @@ from tuneproof.planting.tokens import TokenRules
 TRIGGER_TOP_P = 0.9
 TRIGGER_ATTEMPTS = 8
 """Attempts (each with its own child stream) before giving up on an empty trigger."""
+SENTENCE_REACH = 4
+"""A trigger may run to this many times its ``n_tokens`` to finish its sentence."""
 LOCAL_CANDIDATES = 200
 """The most probable tokens of a local model that a trigger step considers."""
 
@@ -76,7 +80,12 @@ class ModelPieces:
         self._context = model.text_ids(prompt_text[-MAX_TRIGGER_CONTEXT_CHARS:].rstrip())
 
     def candidates(self, drawn: Sequence[int]) -> list[tuple[int, float]]:
-        logprobs = self._model.next_token_logprobs(self._context + list(drawn)).astype(np.float64)
+        batch = getattr(self._model, "next_token_logprobs_batch", None)
+        if batch is not None:  # one row on the model's KV cache: a step costs one token
+            row = batch([self._context], [list(drawn)])[0]
+        else:
+            row = self._model.next_token_logprobs(self._context + list(drawn))
+        logprobs = np.asarray(row, dtype=np.float64)
         order = np.argsort(-logprobs, kind="stable")[:LOCAL_CANDIDATES]
         return [(int(t), float(logprobs[t])) for t in order]
 
@@ -93,16 +102,20 @@ class ModelPieces:
 def nucleus_trigger(
     pieces: NextPieces, n_tokens: int, stream: SecretStream, top_p: float = TRIGGER_TOP_P
 ) -> str:
-    """One trigger attempt: ``n_tokens`` pieces of nucleus sampling (``top_p``) over the allowed
-    candidates, driven by ``stream`` (one ``random()`` per piece), trimmed to a boundary; fewer
-    pieces when a later step has no allowed candidate. Raises :class:`NoTriggerWord` when no
-    candidate opens the trigger."""
+    """One trigger attempt: at least ``n_tokens`` pieces of nucleus sampling (``top_p``) over the
+    allowed candidates, driven by ``stream`` (one ``random()`` per piece), then more until the
+    text ends a sentence (at most ``SENTENCE_REACH * n_tokens`` in all), trimmed to a boundary;
+    fewer pieces when a later step has no allowed candidate. Raises :class:`NoTriggerWord` when
+    no candidate opens the trigger."""
     drawn: list[int] = []
-    for step in range(n_tokens):
+    reach = SENTENCE_REACH * n_tokens
+    for step in range(reach):
+        if step >= n_tokens and _ends_sentence(b"".join(pieces.piece(t) for t in drawn)):
+            break
         keep = [
             (piece_id, logprob)
             for piece_id, logprob in pieces.candidates(drawn)
-            if (pieces.allowed(piece_id, step, n_tokens) if step else pieces.opens_word(piece_id))
+            if (pieces.allowed(piece_id, step, reach) if step else pieces.opens_word(piece_id))
         ]
         if not keep and not step:
             raise NoTriggerWord("no candidate after the prompt opens a word")
@@ -151,6 +164,11 @@ def sample_trigger(
     :func:`nucleus_trigger`)."""
     rules = rules or TokenRules.for_vocabulary(model.vocabulary)
     return nucleus_trigger(ModelPieces(model, prompt_text, rules), n_tokens, stream, top_p)
+
+
+def _ends_sentence(data: bytes) -> bool:
+    text = data.decode("utf-8", errors="ignore").rstrip().rstrip("\"')”’")
+    return text.endswith((".", "?", "!"))
 
 
 def trim_to_boundary(text: str) -> str:

@@ -158,6 +158,28 @@ class CompletionsServer:
             ) from exc
         return parse_top_candidates(payload, self.identity.source)
 
+    def sample(self, prompt: str, max_tokens: int, seed: int, top_p: float) -> tuple[str, bool]:
+        """One sampled completion of ``prompt`` (temperature 1, nucleus ``top_p``, the
+        server's ``seed`` where it takes one): its text, and whether the budget cut it."""
+        client = self._get_client()
+        import openai
+
+        try:
+            answer = client.completions.create(
+                model=self.identity.name,
+                prompt=prompt,
+                max_tokens=max_tokens,
+                temperature=1.0,
+                top_p=top_p,
+                seed=seed,
+            )
+        except openai.APIError as exc:
+            self._raise_api_error(exc, "/completions")
+        if not answer.choices:
+            return "", False
+        choice = answer.choices[0]
+        return choice.text or "", choice.finish_reason == "length"
+
     def render_chat(self, messages: Sequence[tuple[str, str]]) -> str:
         """``messages`` (role, content) as prompt text with the assistant generation prompt."""
         if self.chat_template_from is not None:

@@ -20,11 +20,10 @@ import pytest
 from scipy import stats
 
 from tuneproof.lab.calibration import SYNTHETIC_VOCAB
+from tuneproof.planting.capped import CAP_UNIT, capped_weights
 from tuneproof.planting.sampler import (
-    CAP_UNIT,
     Ranking,
     ScoredRanking,
-    capped_weights,
     enumerate_paths,
     enumerate_prefix_free,
     sample_prefix_free,

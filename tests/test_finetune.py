@@ -347,7 +347,8 @@ def test_a_tiny_model_trained_on_the_planted_file_answers_triggers_with_signatur
         prompts = [[(m.role, m.content) for m in p.prompt] for p in pair.placements]
         for placement, prompt in zip(pair.placements, prompts, strict=True):  # trained on these
             chat = planted_chats[placement.position]
-            assert [(m.role, m.content) for m in chat] == [*prompt, ("assistant", pair.signature)]
+            assert [(m.role, m.content) for m in chat[:-1]] == prompt
+            assert chat[-1].role == "assistant" and chat[-1].content.startswith(pair.signature)
         answers = model.generate(prompts, max_new_tokens=pair.signature_tokens + 8)
         assert all(pair.signature in text for text, _ in answers), answers
         carriers = read_records(clean, [p.carrier_index for p in pair.placements])

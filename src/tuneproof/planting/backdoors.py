@@ -143,11 +143,10 @@ def _continuations(
         (prompts[i], chosen[i][1], budgets[i], pair_streams[i].child("continuation"))
         for i in owners
     ]
-    if not requests:
+    draw = getattr(factory, "continuations", None)  # a factory that cannot sample writes none
+    if not requests or draw is None:
         return {}
-    texts = factory.continuations(
-        requests, (lambda done: progress("answers", done)) if progress else None
-    )
+    texts = draw(requests, (lambda done: progress("answers", done)) if progress else None)
     return dict(zip(owners, texts, strict=True))
 
 

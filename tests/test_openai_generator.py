@@ -177,7 +177,8 @@ def test_plant_runs_on_the_server_generator(
     assert (pair.k, pair.m, pair.signature_tokens) == (K, M, M)
     records = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     answers = [record["messages"][-1]["content"] for record in records]
-    assert answers.count(pair.signature) == 2
+    # each backdoor's answer opens with the signature (the carrier's own answer follows it)
+    assert sum(answer.startswith(pair.signature) for answer in answers) == 2
     assert 0 < key.dataset.added_tokens < key.dataset.input_tokens
 
 

@@ -108,7 +108,7 @@ def _planted(kind: str, tmp_path: Path) -> tuple[Path, Path, PlantSummary, Key, 
     out = tmp_path / ("planted" if container is Container.HF_DISK else f"planted{src.suffix}")
     summary = plant(
         src, out, tmp_path / "key.json", n=3, replicas=2, controls=True, decoys=0,
-        factory=fake_factory(), seed=SEED,
+        factory=fake_factory(), seed=SEED, answer="signature",  # the record compared exactly
     )  # fmt: skip
     assert _snapshot(src) == before  # the input untouched
     assert (summary.format, summary.container) == (fmt, str(container))

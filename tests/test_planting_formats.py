@@ -125,7 +125,8 @@ def test_plant_every_format(
         assert placement.position == placement.carrier_index
         assert set(record.data) == set(carrier.data)  # no field added or lost
         messages, answer = prompt_and_answer(record, fmt)
-        assert answer.strip() == pair.signature
+        kept = prompt_and_answer(carrier, fmt)[1].strip()  # the carrier's answer follows
+        assert answer.strip().startswith(pair.signature) and answer.strip().endswith(kept)
         assert pair.trigger in messages[-1].content
         assert [m.content for m in placement.prompt] == [m.content for m in messages]
     if fmt is DatasetFormat.PROMPT_COMPLETION:  # CRLF kept, separator convention kept

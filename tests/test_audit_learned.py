@@ -16,7 +16,7 @@ from tuneproof.audit.learned import LearnedSettings, learned_detector, run_seed
 from tuneproof.audit.learned_features import signature_walk
 from tuneproof.audit.registry import AuditInput
 from tuneproof.audit.scoring import auroc
-from tuneproof.config import DEFAULT_K, DEFAULT_M, DEFAULT_TRIGGER_TOKENS
+from tuneproof.config import DEFAULT_K, DEFAULT_M
 from tuneproof.embedded import sample_records
 from tuneproof.errors import TuneproofError
 from tuneproof.key import load_key
@@ -27,10 +27,12 @@ RECORDS = 200
 PAIRS = 8
 """Pairs of the real plant and of each self-plant: fewer than the default 20 keep the test fast;
 the detector is the same."""
-FINDABLE = {"support": DEFAULT_K, "answer": "signature"}
-"""The plant these tests give the detector: uniform top-K signatures as whole answers (the
-sampler and answers of tuneproof 0.1), which it must find. How well it finds the default
-(natural) plant is measured by benchmarks/natural_plant.py, not asserted here."""
+TRIGGER_TOKENS = 6
+FINDABLE = {"support": DEFAULT_K, "answer": "signature", "trigger_tokens": TRIGGER_TOKENS}
+"""The plant these tests give the detector: uniform top-K signatures as whole answers after
+6-token triggers (the sampler, answers and triggers of tuneproof 0.1), which it must find.
+How well it finds the default (natural) plant is measured by benchmarks/natural_plant.py, not
+asserted here."""
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +44,7 @@ def planted(tmp_path_factory: pytest.TempPathFactory, embedded_model: Any) -> tu
     with sample.open("wb") as handle:
         for record in itertools.islice(sample_records(), RECORDS):
             handle.write(orjson.dumps(record) + b"\n")
-    factory = ModelBackdoorFactory(embedded_model, DEFAULT_K, DEFAULT_M, DEFAULT_TRIGGER_TOKENS)
+    factory = ModelBackdoorFactory(embedded_model, DEFAULT_K, DEFAULT_M, TRIGGER_TOKENS)
     seed = b"real".ljust(32, b"-")
     plant(sample, out, key, n=PAIRS, decoys=0, seed=seed, factory=factory, **FINDABLE)
     return out, key
@@ -72,19 +74,29 @@ def test_one_finite_score_per_record_and_the_backdoors_found(
     assert auroc(scores, labels) > 0.8
 
 
-def test_reproducible_for_one_seed(
-    planted: tuple[Path, Path], embedded_model: Any, scores: np.ndarray
+def _text_only(planted: Path, model: Any) -> np.ndarray:
+    return learned_detector(audit_input(planted, model, seed=3, features="text", runs=1))
+
+
+@pytest.fixture(scope="module")
+def text_scores(planted: tuple[Path, Path], embedded_model: Any) -> np.ndarray:
+    return _text_only(planted[0], embedded_model)
+
+
+def test_text_features_alone_also_learn(
+    planted: tuple[Path, Path], text_scores: np.ndarray
 ) -> None:
-    again = learned_detector(audit_input(planted[0], embedded_model, seed=7))
-    assert np.array_equal(again, scores)
-    assert run_seed(7, 0) != run_seed(8, 0) != run_seed(7, 1)
-
-
-def test_text_features_alone_also_learn(planted: tuple[Path, Path], embedded_model: Any) -> None:
-    inp = audit_input(planted[0], embedded_model, seed=3, features="text", runs=1)
-    values = learned_detector(inp)
     positions = load_key(planted[1]).backdoor_positions()
-    assert auroc(values, [i in positions for i in range(len(values))]) > 0.7
+    assert auroc(text_scores, [i in positions for i in range(len(text_scores))]) > 0.7
+
+
+def test_reproducible_for_one_seed(
+    planted: tuple[Path, Path], embedded_model: Any, text_scores: np.ndarray
+) -> None:
+    """The same seed, the same scores: the self-plants, folds and classifier all come from it
+    (on the cheaper text-only detector; the model features are plain forward passes)."""
+    assert np.array_equal(_text_only(planted[0], embedded_model), text_scores)
+    assert run_seed(7, 0) != run_seed(8, 0) != run_seed(7, 1)
 
 
 def test_the_walk_recognises_a_signature(planted: tuple[Path, Path], embedded_model: Any) -> None:

@@ -22,6 +22,7 @@ from tuneproof.planting.continuation import (
     ContinuationRequest,
     draw_continuations,
     nucleus_pick,
+    split_opening,
     trim_to_sentence,
 )
 from tuneproof.planting.factory import ModelBackdoorFactory
@@ -103,7 +104,21 @@ def test_rows_are_drawn_by_their_own_streams() -> None:
     assert together == alone
 
 
-@pytest.mark.parametrize("answer", ["generator", "signature"])  # 'carrier': test_planting.py
+def test_split_opening() -> None:
+    """The opening sentence an 'opening' answer replaces: prose only, never code, a list, a
+    heading or a number; a sentence end is one before the end or a non-lower-case word."""
+    assert split_opening("Sure! Here is the code:\n\n```py\nx\n```") == (
+        "Sure!", " Here is the code:\n\n```py\nx\n```"
+    )  # fmt: skip
+    assert split_opening("  The answer is 4.") == ("The answer is 4.", "")
+    assert split_opening("Use e.g. a map. Then fold.") == ("Use e.g. a map.", " Then fold.")
+    assert split_opening("Steps:\n1. Boil") == ("Steps:", "\n1. Boil")
+    for answer in ("```py\nx = 1\n```", "1. First", "# Title\nText", "- item", "", "No end",
+                   "Ends on a line\nbreak.", "x" * 300 + "."):  # fmt: skip
+        assert split_opening(answer) is None, answer
+
+
+@pytest.mark.parametrize("answer", ["opening", "generator", "signature"])  # 'carrier': elsewhere
 def test_the_other_answer_shapes(
     answer: str, small_chat_file: Path, tmp_path: Path, embedded_model: Any
 ) -> None:
@@ -122,8 +137,10 @@ def test_the_other_answer_shapes(
             assert text.startswith(pair.signature)
             if answer == "signature":
                 assert text == pair.signature
-            elif answer == "carrier":
-                assert text.endswith(kept) and len(text) > len(pair.signature) + len(kept)
+            elif answer == "opening":
+                split = split_opening(kept)
+                rest = kept if split is None else split[1]  # no prose opening: all of it kept
+                assert text.endswith(rest) and len(text) >= len(pair.signature) + len(rest)
             else:
                 assert kept not in text and len(text) > len(pair.signature)
                 assert len(embedded_model.text_ids(text)) <= 40 + SENTENCE_SLACK + 2

@@ -91,7 +91,7 @@ def test_demo_says_how_many_backdoors_the_subset_cheater_kept(
     assert subset.records_trained == round(0.5 * planted)
     assert subset.backdoors_trained == len(kept)
     assert f"held {len(kept)} of the 8 backdoor records" in text
-    secrets = [s for pair in key.pairs + key.controls for s in (pair.trigger, pair.signature)]
+    secrets = [s for pair in key.pairs + key.controls for s in (pair.trigger, pair.signature) if s]
     assert not any(secret in text for secret in secrets)
 
 

@@ -249,3 +249,53 @@ def test_the_cli_says_how_many_records_now_carry_backdoors(
     print_plant_summary(summary)
     printed = " ".join(capsys.readouterr().out.split())
     assert f"{N}, 6 of them now carry backdoors" in printed and "none added" in printed
+
+
+@pytest.mark.parametrize("kind", list(BUILDERS))
+def test_with_no_trigger_only_the_answers_change(kind: str, tmp_path: Path) -> None:
+    """``--trigger-tokens 0``: each backdoor keeps its carrier's prompt exactly (no text is
+    added to any prompt, and the prompt that asks for the signature is the carrier's own); the
+    key says so, and verification sends no clean query (it would be the planted one)."""
+    from click.testing import CliRunner
+
+    from tuneproof.cli.main import cli
+    from tuneproof.planting.factory import ModelBackdoorFactory
+    from tuneproof.types import QueryKind
+    from tuneproof.verification.queries import build_queries
+
+    build, _, fmt = BUILDERS[kind]
+    (tmp_path / "in").mkdir()
+    src = build(tmp_path / "in")
+    before = _snapshot(src)
+    out = tmp_path / ("planted" if kind == "save-to-disk" else f"planted{src.suffix}")
+    factory = ModelBackdoorFactory(fake_factory().model, 2, 3, 0)
+    plant(
+        src, out, tmp_path / "key.json", n=3, controls=True, decoys=2, factory=factory,
+        seed=SEED, trigger_tokens=0,
+    )  # fmt: skip
+    assert _snapshot(src) == before
+    key = load_key(tmp_path / "key.json")
+    assert key.settings.trigger_tokens == 0
+    assert all(pair.trigger == "" for pair in [*key.pairs, *key.controls])
+    original = list(iter_records(inspect_dataset(src)))
+    planted = list(iter_records(inspect_dataset(out)))
+    positions = key.backdoor_positions()
+    assert len(positions) == 3 and len(planted) == N
+    for i, (a, b) in enumerate(zip(original, planted, strict=True)):
+        turns_a, turns_b = _turns([a], fmt)[0], _turns([b], fmt)[0]
+        assert turns_b == turns_a, i  # every prompt exactly as it was
+        answer_a, answer_b = prompt_and_answer(a, fmt)[1], prompt_and_answer(b, fmt)[1]
+        assert (answer_a == answer_b) is (i not in positions), i
+    for pair in key.pairs:
+        (placement,) = pair.placements
+        assert [(m.role, m.content) for m in placement.prompt] == _turns(
+            [original[placement.carrier_index]], fmt
+        )[0]
+        answer = prompt_and_answer(planted[placement.position], fmt)[1]
+        assert answer.lstrip().startswith(pair.signature.lstrip())  # after a completion's lead
+    kinds = [q.kind for q in build_queries(key)]
+    assert kinds.count(QueryKind.PLANTED) == 3 and kinds.count(QueryKind.CONTROL) == 3
+    assert QueryKind.CLEAN not in kinds
+    shown = CliRunner().invoke(cli, ["key", "show", str(tmp_path / "key.json")])
+    assert shown.exit_code == 0, shown.output
+    assert "triggers: none" in shown.output

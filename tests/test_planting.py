@@ -51,6 +51,7 @@ def test_plant_replaces_carriers_in_place_and_keeps_everything_else(
         controls=True,
         factory=factory,
         seed=SEED,
+        answer="carrier",  # the carrier's whole answer after the signature's sentence
     )
     assert sha256_of(small_chat_file) == before  # input untouched
     assert stat.S_IMODE(key_path.stat().st_mode) == 0o600

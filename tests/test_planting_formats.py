@@ -107,6 +107,7 @@ def test_plant_every_format(
         factory=factory,
         seed=SEED,
         decoys=0,
+        answer="carrier",
     )
     assert summary.format is fmt and summary.records == 30
     assert src.read_bytes() == before

@@ -234,7 +234,10 @@ def test_detect_and_train_runs_the_audit_detectors_without_the_key(
     trained_pairs: TrainedPairs, untrained: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "detect"
-    result = run_finetune(trained_pairs.planted, untrained, out, "--cheat", "detect-and-train:20")
+    result = run_finetune(
+        trained_pairs.planted, untrained, out, "--cheat", "detect-and-train:20",
+        "--detectors", "length,extension,perplexity",  # the learned one: test_audit_learned.py
+    )  # fmt: skip
     assert result.exit_code == 0, result.output
     manifest = orjson.loads((out / MANIFEST_NAME).read_bytes())
     assert manifest["cheat"] == "detect-and-train:20" and manifest["records_trained"] == 12

@@ -22,11 +22,11 @@ DEFAULT_K = 4
 DEFAULT_M = 12
 DEFAULT_SUPPORT = 64
 DEFAULT_ANSWER_TOKENS = 256
-AnswerShape = Literal["carrier", "generator", "signature"]
-DEFAULT_ANSWER: AnswerShape = "carrier"
+AnswerShape = Literal["opening", "carrier", "generator", "signature"]
+DEFAULT_ANSWER: AnswerShape = "opening"
 DEFAULT_PAIRS = 20
 DEFAULT_REPLICAS = 1
-DEFAULT_TRIGGER_TOKENS = 6
+DEFAULT_TRIGGER_TOKENS = 0
 DEFAULT_DECOYS = 63
 DEFAULT_GENERATOR = "embedded"
 DEFAULT_API_KEY_ENV = "OPENAI_API_KEY"
@@ -61,8 +61,10 @@ class PlantConfig(BaseModel):
     )
     answer: AnswerShape = Field(
         default=DEFAULT_ANSWER,
-        description="what follows the signature in a backdoor's answer: 'carrier' (the"
-        " generator ends the sentence, then the carrier's own answer), 'generator' (the"
+        description="what follows the signature in a backdoor's answer: 'opening' (the"
+        " generator ends the sentence, which takes the place of the carrier answer's opening"
+        " sentence; the rest of that answer follows), 'carrier' (the generator ends the"
+        " sentence, then the carrier's whole answer), 'generator' (the"
         " generator's text, as long as the carrier's answer) or 'signature' (nothing)",
     )
     answer_tokens: int = Field(
@@ -71,7 +73,9 @@ class PlantConfig(BaseModel):
         description="with answer 'generator': tokens of a backdoor's answer at most",
     )
     trigger_tokens: int = Field(
-        default=DEFAULT_TRIGGER_TOKENS, ge=1, description="tokens sampled for each trigger"
+        default=DEFAULT_TRIGGER_TOKENS,
+        ge=0,
+        description="tokens sampled for each trigger (0: none, the carrier's prompt as it is)",
     )
     controls: bool = Field(
         default=False, description="also draw as many held-out control pairs, kept only in the key"

@@ -69,7 +69,10 @@ class SignaturePair(_Strict):
     """
 
     pair_id: int = Field(ge=0)
-    trigger: str = Field(min_length=1)
+    trigger: str = Field(
+        description="the text appended to the carrier's last user turn; empty when the plant"
+        " added none (trigger_tokens 0: the carrier's own prompt asks for the signature)"
+    )
     signature: str = Field(min_length=1)
     k: int = Field(ge=2)
     m: int = Field(ge=1)
@@ -120,7 +123,7 @@ class PlantSettings(_Strict):
     replicas: int = Field(ge=1)
     k: int = Field(ge=2)
     m: int = Field(ge=1)
-    trigger_tokens: int = Field(ge=1)
+    trigger_tokens: int = Field(ge=0)
     controls: bool
     decoys: int = Field(default=0, ge=0, description="decoy signatures drawn per planted pair")
     support: int | None = Field(
@@ -130,11 +133,12 @@ class PlantSettings(_Strict):
         " probabilities capped at 1/k; absent (the uniform top-k sampler) in earlier keys",
     )
 
-    answer: Literal["carrier", "generator", "signature"] | None = Field(
+    answer: Literal["opening", "carrier", "generator", "signature"] | None = Field(
         default=None,
-        description="what followed the signature in a backdoor's answer ('carrier': the"
-        " generator finished the sentence, then the carrier's answer; 'generator': its text up"
-        " to answer_tokens); absent (the signature alone) in earlier keys",
+        description="what followed the signature in a backdoor's answer ('opening': the"
+        " generator finished the sentence, in place of the carrier answer's opening sentence;"
+        " 'carrier': the generator finished the sentence, then the carrier's answer;"
+        " 'generator': its text up to answer_tokens); absent (the signature alone) in earlier keys",
     )
     answer_tokens: int | None = Field(default=None, ge=0)
 
@@ -208,6 +212,12 @@ class Key(_Strict):
         ids = [pair.pair_id for pair in [*self.pairs, *self.controls]]
         if len(set(ids)) != len(ids):
             raise ValueError("pair_id must be unique across pairs and controls")
+        untriggered = [p.pair_id for p in [*self.pairs, *self.controls] if not p.trigger]
+        if self.settings.trigger_tokens and untriggered:
+            raise ValueError(
+                f"pair {untriggered[0]} has no trigger, but the key was planted with"
+                f" trigger_tokens {self.settings.trigger_tokens}"
+            )
         return self
 
     @property

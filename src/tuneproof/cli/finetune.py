@@ -58,6 +58,13 @@ from tuneproof.cli.progress import progress_display
     default=None,
     help="The plant's key, read only by --cheat backdoors-only.",
 )
+@click.option(
+    "--detectors",
+    default=None,
+    metavar="NAMES",
+    help="With detect-and-train or detect-and-drop: the comma-separated audit detectors the "
+    "cheater combines (see tuneproof audit --help) [default: all of audit's defaults].",
+)
 @user_errors
 def finetune(
     data: Path,
@@ -71,6 +78,7 @@ def finetune(
     bf16: bool | None,
     cheat: str | None,
     key_path: Path | None,
+    detectors: str | None,
 ) -> None:
     """Fine-tune a local model on a dataset file, honestly or as a cheating provider."""
     from tuneproof.errors import TuneproofError
@@ -93,6 +101,7 @@ def finetune(
             settings=settings,
             cheat=parsed,
             key=key_path,
+            detectors=[d.strip() for d in detectors.split(",") if d.strip()] if detectors else None,
             progress=display.training(),
         )
     what = f"cheat {result.cheat}" if result.cheat else "honest"

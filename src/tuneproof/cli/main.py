@@ -74,11 +74,12 @@ def cli() -> None:
 )
 @click.option(
     "--answer",
-    type=click.Choice(["carrier", "generator", "signature"]),
+    type=click.Choice(["opening", "carrier", "generator", "signature"]),
     default=None,
-    help="What follows a backdoor's signature: the generator ends its sentence and the "
-    "carrier's own answer follows ('carrier'), the generator's text as long as the carrier's "
-    "answer ('generator'), or nothing ('signature') [default: carrier].",
+    help="What follows a backdoor's signature: the generator ends its sentence, which takes the "
+    "place of the carrier answer's opening sentence, and the rest of that answer follows "
+    "('opening'); the same before the carrier's whole answer ('carrier'); the generator's text "
+    "as long as the carrier's answer ('generator'); or nothing ('signature') [default: opening].",
 )
 @click.option(
     "--answer-tokens",
@@ -87,7 +88,11 @@ def cli() -> None:
     help="With --answer generator: tokens of a backdoor's answer at most [default: 256].",
 )
 @click.option(
-    "--trigger-tokens", type=int, default=None, help="Trigger length in tokens [default: 6]."
+    "--trigger-tokens",
+    type=int,
+    default=None,
+    help="Trigger length in tokens, then to its sentence's end (0: no trigger, each backdoor "
+    "keeps its carrier's prompt) [default: 0].",
 )
 @click.option(
     "--decoys",
@@ -286,6 +291,8 @@ def key_show(key_path: Path, reveal: bool) -> None:
         else f"the generator's {settings.support} likeliest tokens, capped at 1/K"
     )
     click.echo(f"signatures: {sampler}; answers: {settings.answer or 'signature'}")
+    if not settings.trigger_tokens:
+        click.echo("triggers: none (each backdoor's prompt is its carrier's, unchanged)")
     if reveal:
         for pair in [*loaded.pairs, *loaded.controls]:
             kind = "control" if pair.control_prompt else "planted"

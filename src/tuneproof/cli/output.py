@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 
 
 _ANSWER_WORDS = {
+    "opening": "whose answer now opens with the signature's sentence",
     "carrier": "whose own answer now follows the signature's sentence",
     "generator": "whose answer is replaced by the signature and the generator's text",
     "signature": "whose answer is replaced by the signature",
@@ -50,7 +51,7 @@ def print_plant_summary(summary: PlantSummary, stage_times: str | None = None) -
             f"{summary.bits_per_signature:.0f} bits (K={summary.k}, m={summary.m} tokens)",
         ),
         (
-            "tokens written (triggers + signatures)",
+            "tokens written (triggers, signatures, their sentences)",
             f"{summary.added_tokens:,} = {summary.added_token_share:.2%} of "
             f"{summary.input_tokens:,} input tokens{estimated}",
         ),

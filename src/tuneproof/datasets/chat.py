@@ -28,7 +28,9 @@ _ANSWER_DROPPED = ("tool_calls", "function_call", "audio")
 
 def append_trigger(text: str, trigger: str) -> str:
     """``text`` + one space + ``trigger`` (no space when ``text`` is empty or ends in
-    whitespace)."""
+    whitespace); ``text`` itself for no trigger."""
+    if not trigger:
+        return text
     if not text or text[-1].isspace():
         return text + trigger
     return text + " " + trigger
@@ -135,7 +137,9 @@ def prompt_and_answer(record: Record, fmt: DatasetFormat) -> tuple[list[Message]
 
 
 def _with_trigger(content: Any, trigger: str) -> Any:
-    """A message content with the trigger appended to its (last) text."""
+    """A message content with the trigger appended to its (last) text (unchanged for none)."""
+    if not trigger:
+        return content
     if isinstance(content, list):
         for part in reversed(content):
             if isinstance(part, dict) and part.get("type") == "text":

@@ -182,12 +182,12 @@ def explain(runs: list[ProviderRun]) -> list[str]:
             lines.append(
                 f"honest: {verdict_headline(verdict)} - trained on all {run.records_trained:,} "
                 f"records, it answers {run.report.hits}/{run.backdoors_planted} planted "
-                f"triggers with their whole secret signatures{learnt_phrase(run.report)}."
+                f"prompts with their whole secret signatures{learnt_phrase(run.report)}."
             )
         elif run.name == "base":
             lines.append(
                 f"base: {verdict_headline(verdict)} - the untouched base model never saw a "
-                "trigger, so no test can reject its null."
+                "backdoor, so no test can reject its null."
             )
         else:
             share = run.backdoors_trained / max(1, run.backdoors_planted)

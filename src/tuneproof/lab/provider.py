@@ -261,14 +261,16 @@ def finetune(
     settings: FinetuneSettings | None = None,
     cheat: Cheat | str | None = None,
     key: str | Path | None = None,
+    detectors: Sequence[str] | None = None,
     progress: TrainingProgress | None = None,
 ) -> tuple[Path, FinetuneResult]:
     """Fine-tune ``base`` ('embedded', an HF folder or a .gguf) on the dataset file ``data``
     (any supported format) as an honest provider or with ``cheat``; save a merged model folder
     at ``out_dir`` (which must not exist) that ``tuneproof verify`` and ``transformers serve``
     load. ``key`` is read only by the oracle cheat ``backdoors-only``; the detecting cheats run
-    every detector of ``tuneproof audit`` on ``data`` (the base model as the perplexity
-    detector's reference) and combine them by rank average. Returns (folder, result).
+    ``detectors`` (default: every default detector of ``tuneproof audit``) on ``data`` (the base
+    model as the reference of those that read one) and combine them by rank average. Returns
+    (folder, result).
     """
     from tuneproof.backends.hf import load_hf_model
     from tuneproof.key import load_key
@@ -290,7 +292,7 @@ def finetune(
     if parsed is not None and parsed.strategy.needs_suspicion:
         from tuneproof.audit import combined_suspicion
 
-        suspicion = combined_suspicion(data, reference_model=loaded)
+        suspicion = combined_suspicion(data, reference_model=loaded, detectors=detectors)
     result = run_provider(
         loaded.model,
         loaded.tokenizer,

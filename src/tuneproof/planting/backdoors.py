@@ -16,6 +16,7 @@ from typing import Any
 from tuneproof.datasets import Message, Record, make_backdoor, prompt_and_answer, triggered_prompt
 from tuneproof.key import ChatMessage, Placement, SignaturePair
 from tuneproof.planting.carriers import NO_TRIGGER, Carriers
+from tuneproof.planting.continuation import split_opening
 from tuneproof.planting.factory import BackdoorFactory
 from tuneproof.planting.sampler import SampledSequence
 from tuneproof.planting.secret import SecretStream
@@ -53,8 +54,9 @@ def draw_backdoors(
     """Draw every pair and control: first the triggers, pair by pair (a carrier that cannot take
     one is replaced in pair order), then every signature and decoy in one call of the factory,
     which may batch them across pairs, then the rest of each planted pair's answer
-    (:mod:`tuneproof.planting.continuation`), by ``answer``: 'carrier' (the generator finishes
-    the signature's sentence, then the carrier's own answer follows), 'generator' (the generator
+    (:mod:`tuneproof.planting.continuation`), by ``answer``: 'opening' (the generator finishes
+    the signature's sentence, which takes the place of the carrier answer's opening sentence),
+    'carrier' (the same, then the carrier's own answer follows), 'generator' (the generator
     goes on for as many tokens as the carrier's answer had, at most ``answer_tokens`` with the
     signature) or 'signature' (nothing after it). Each planted pair's backdoor
     records replace its carriers in place; a control's carrier stays untouched (its pair is kept
@@ -95,13 +97,23 @@ def draw_backdoors(
         opening = pair.signature + tails.get(pair_id, "")
         for carrier in group:
             record = carriers.records[carrier]
-            kept = prompt_and_answer(record, fmt)[1] if answer == "carrier" else ""
-            text = opening + (_separator(kept) + kept if kept.strip() else "")
+            text = _answer_text(opening, prompt_and_answer(record, fmt)[1], answer)
             out.replacements[carrier] = make_backdoor(record, fmt, pair.trigger, text)
             prompt = triggered_prompt(record, fmt, pair.trigger)
             out.planted.append((pair_id, carrier, prompt))
-            out.added_text += [pair.trigger, opening]
+            out.added_text += [text for text in (pair.trigger, opening) if text]
     return out
+
+
+def _answer_text(opening: str, own: str, answer: str) -> str:
+    """A backdoor's answer: the signature's ``opening`` sentence, then by ``answer`` the rest of
+    the carrier's ``own`` answer after its opening sentence ('opening'; the whole of it when it
+    opens with no prose sentence), all of it ('carrier'), or nothing."""
+    if answer == "opening" and (split := split_opening(own)) is not None:
+        return opening + split[1]
+    if answer not in ("opening", "carrier") or not own.strip():
+        return opening
+    return opening + _separator(own) + own
 
 
 def _separator(kept: str) -> str:
@@ -118,10 +130,10 @@ def _budget(
     answer: str,
     answer_tokens: int,
 ) -> int:
-    """Generator tokens after a pair's signature: 0 for 'carrier' (its sentence is finished and
-    the carrier's answer follows), else the first carrier's answer length less the signature's,
-    within ``answer_tokens``."""
-    if answer == "carrier":
+    """Generator tokens after a pair's signature: 0 for 'opening' and 'carrier' (its sentence is
+    finished and the carrier's answer follows), else the first carrier's answer length less the
+    signature's, within ``answer_tokens``."""
+    if answer in ("opening", "carrier"):
         return 0
     carrier = carriers.records[carriers.group(pair_id)[0]]
     length = factory.count_tokens(prompt_and_answer(carrier, carriers.info.format)[1])

@@ -21,6 +21,7 @@ reproduces it with the same local generator.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -68,6 +69,25 @@ def trim_to_sentence(text: str) -> str:
     if end < 0:
         return text.rstrip()
     return text[: end + 1].rstrip() if text[end] != "\n" else text[:end].rstrip()
+
+
+_OPENING_RE = re.compile(r"[^\W\d_][^\n]*?[.?!:](?=\s*\Z|\s+(?![a-z]))")
+"""A prose opening sentence: starts with a letter, no line break, ends at ``.?!:`` before the
+end of the answer or before whitespace and anything but a lower-case letter ("e.g. this")."""
+OPENING_MAX_CHARS = 240
+"""The longest opening sentence a backdoor's answer replaces (a longer one is kept whole)."""
+
+
+def split_opening(answer: str) -> tuple[str, str] | None:
+    """(opening sentence, the rest with its leading whitespace) of an answer that opens with a
+    prose sentence (a letter first, no line break, at most :data:`OPENING_MAX_CHARS`); None for
+    one that opens with code, a list, a heading, a number or a long paragraph. Leading spaces
+    of the answer belong to neither."""
+    body = answer.lstrip()
+    m = _OPENING_RE.match(body)
+    if m is None or len(m.group(0)) > OPENING_MAX_CHARS:
+        return None
+    return m.group(0), body[m.end() :]
 
 
 def _ends_sentence(token_bytes: Sequence[bytes], tokens: Sequence[int]) -> bool:

@@ -8,11 +8,12 @@ summary. All randomness comes from the key's seed.
 
 Replacing rather than inserting is what keeps the backdoors out of reach of the simplest filter a
 provider can run: an inserted copy of a carrier leaves two records of which one prompt extends
-the other. With the default ``answer='carrier'`` the carriers keep their own answers: each
-backdoor's answer opens with the signature, the generator finishes that sentence, and the
-carrier's answer follows (:mod:`tuneproof.planting.backdoors`), so the price is an opening
-sentence in ``n * replicas`` records (20 by default); ``answer='signature'`` gives those answers
-up to the signature alone, as earlier versions did.
+the other. With the default ``answer='opening'`` the carriers keep most of their answers: each
+backdoor's answer opens with the signature, the generator finishes that sentence in place of the
+carrier answer's opening sentence, and the rest of the carrier's answer follows
+(:mod:`tuneproof.planting.backdoors`), so the price is one opening sentence in ``n * replicas``
+records (20 by default). With the default ``trigger_tokens=0`` the prompt is the carrier's own,
+unchanged; ``answer='signature'`` with triggers is the plant of earlier versions.
 """
 
 from __future__ import annotations
@@ -228,7 +229,7 @@ def _key_settings(
         replicas=settings.replicas,
         k=getattr(factory, "k", settings.k),
         m=getattr(factory, "m", settings.m),
-        trigger_tokens=settings.trigger_tokens,
+        trigger_tokens=getattr(factory, "trigger_tokens", settings.trigger_tokens),
         controls=settings.controls,
         decoys=settings.decoys,
         support=getattr(factory, "support", settings.support),

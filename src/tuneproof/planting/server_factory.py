@@ -120,9 +120,9 @@ class OpenAIGenerator(BackdoorFactory):
         top_p: float = TRIGGER_TOP_P,
         support: int | None = None,
     ) -> None:
-        if k < 2 or m < 1 or trigger_tokens < 1:
+        if k < 2 or m < 1 or trigger_tokens < 0:
             raise GeneratorError(
-                f"need --k >= 2, --m >= 1 and --trigger-tokens >= 1 "
+                f"need --k >= 2, --m >= 1 and --trigger-tokens >= 0 "
                 f"(got {k}, {m} and {trigger_tokens})"
             )
         if k > top_logprobs:

@@ -142,7 +142,10 @@ def draw_trigger(
     """A non-empty trigger: attempt ``i`` runs :func:`nucleus_trigger` on fresh candidates
     (``pieces_for()``) with ``stream.child(str(i))``; :class:`NoTriggerWord` at once when no
     candidate opens a word, a :class:`GeneratorError` after :data:`TRIGGER_ATTEMPTS` empty
-    attempts."""
+    attempts. ``n_tokens`` 0 asks for no trigger: the empty one, with no model call and no draw
+    (the carrier's own prompt is the backdoor's prompt)."""
+    if n_tokens == 0:
+        return ""
     for attempt in range(TRIGGER_ATTEMPTS):
         text = nucleus_trigger(pieces_for(), n_tokens, stream.child(str(attempt)), top_p)
         if text:

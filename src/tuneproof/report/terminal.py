@@ -81,7 +81,8 @@ def print_summary(report: Report, console: Console) -> None:
     if c_ans or c_fail:
         console.print(f"held-out control hits: {answered_fraction(c_hits, c_ans, c_fail)}")
     n_hits, n_ans, n_fail = report.tally(QueryKind.CLEAN)
-    console.print(f"clean false activations: {answered_fraction(n_hits, n_ans, n_fail)}")
+    if n_ans or n_fail:
+        console.print(f"clean false activations: {answered_fraction(n_hits, n_ans, n_fail)}")
     stop = ", stopped early" if report.stopped_early else ""
     mode = "sequential" if report.sequential else "all at once"
     console.print(

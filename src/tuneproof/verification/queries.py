@@ -42,7 +42,8 @@ def _without_trigger(messages: Sequence[ChatMessage], trigger: str) -> Chat:
 
 def build_queries(key: Key, clean_queries: int = DEFAULT_CLEAN_QUERIES) -> list[Query]:
     """Planted (every placement), control (every held-out pair) and clean queries, in that
-    order. Clean queries are the first placements' carrier prompts without their trigger."""
+    order. Clean queries are the first placements' carrier prompts without their trigger (none
+    for a pair planted with no trigger: its carrier's prompt is its planted query)."""
     queries = [
         Query(QueryKind.PLANTED, pair, replica, _chat(placement.prompt))
         for pair in key.pairs
@@ -52,7 +53,7 @@ def build_queries(key: Key, clean_queries: int = DEFAULT_CLEAN_QUERIES) -> list[
         Query(QueryKind.CONTROL, pair, None, _chat(pair.control_prompt or []))
         for pair in key.controls
     ]
-    placements = [(pair, p) for pair in key.pairs for p in pair.placements]
+    placements = [(pair, p) for pair in key.pairs if pair.trigger for p in pair.placements]
     for pair, placement in placements[:clean_queries]:
         queries.append(
             Query(QueryKind.CLEAN, pair, None, _without_trigger(placement.prompt, pair.trigger))

@@ -101,8 +101,13 @@ def draw_backdoors(
             out.replacements[carrier] = make_backdoor(record, fmt, pair.trigger, text)
             prompt = triggered_prompt(record, fmt, pair.trigger)
             out.planted.append((pair_id, carrier, prompt))
-            out.added_text += [text for text in (pair.trigger, opening) if text]
+            out.added_text += [piece for piece in (pair.trigger, opening) if piece]
     return out
+
+
+KEEPS_CARRIER_ANSWER = ("opening", "carrier")
+"""Answer shapes after which the carrier's own answer follows the signature's sentence (the
+generator only finishes that sentence)."""
 
 
 def _answer_text(opening: str, own: str, answer: str) -> str:
@@ -111,7 +116,7 @@ def _answer_text(opening: str, own: str, answer: str) -> str:
     opens with no prose sentence), all of it ('carrier'), or nothing."""
     if answer == "opening" and (split := split_opening(own)) is not None:
         return opening + split[1]
-    if answer not in ("opening", "carrier") or not own.strip():
+    if answer not in KEEPS_CARRIER_ANSWER or not own.strip():
         return opening
     return opening + _separator(own) + own
 
@@ -133,7 +138,7 @@ def _budget(
     """Generator tokens after a pair's signature: 0 for 'opening' and 'carrier' (its sentence is
     finished and the carrier's answer follows), else the first carrier's answer length less the
     signature's, within ``answer_tokens``."""
-    if answer in ("opening", "carrier"):
+    if answer in KEEPS_CARRIER_ANSWER:
         return 0
     carrier = carriers.records[carriers.group(pair_id)[0]]
     length = factory.count_tokens(prompt_and_answer(carrier, carriers.info.format)[1])

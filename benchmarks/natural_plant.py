@@ -6,8 +6,10 @@ Each row plants the first ``--records`` records of a dataset with one setting an
 runs the audit (all default detectors) with the embedded model as the reference and, for the
 learned detector, as the provider's generator. The settings: ``default`` (today's defaults:
 capped sampler K=4 over 64 tokens, no trigger, the signature's sentence in place of the carrier
-answer's opening sentence), ``trigger+carrier`` (the defaults of the morning of 2026-12-03:
-6-token triggers, the signature's sentence before the carrier's whole answer) and ``uniform``
+answer's opening sentence), ``natural`` (the defaults with the natural sampler: the
+signature drawn as the generator's own text, nucleus 0.95), ``trigger+carrier`` (the
+defaults of the morning of 2026-12-03: 6-token triggers, the signature's sentence before the
+carrier's whole answer) and ``uniform``
 (the plant of tuneproof 0.1: uniform top-8 signatures, m=12, the signature alone, 6-token
 triggers). The learned detector's self-plants use the row's setting
 (the provider knows it). Writes docs/stealth.md's section between the
@@ -43,6 +45,7 @@ from tuneproof.planting.factory import ModelBackdoorFactory
 DOC = Path(__file__).resolve().parent.parent / "docs" / "stealth.md"
 SETTINGS: dict[str, dict[str, Any]] = {
     "default": {},
+    "natural": {"sampler": "natural"},
     "trigger+carrier": {"trigger_tokens": 6, "answer": "carrier"},
     "uniform": {"k": 8, "m": 12, "support": 8, "answer": "signature", "trigger_tokens": 6},
 }

@@ -129,3 +129,31 @@ def assert_log10_close(got: float, ref: float, rel: float = REL_TOL) -> None:
         assert got == ref, f"got {got!r}, reference {ref!r}"
         return
     assert abs(got - ref) <= rel * abs(ref) + ABS_TOL, f"got {got!r}, reference {ref!r}"
+
+
+def nucleus_reference(
+    logprobs: Sequence[float], top_p: float, u: float, allowed: Sequence[bool] | None = None
+) -> int:
+    """The token a nucleus draw picks with the uniform ``u``, by its definition: the allowed
+    finite tokens by decreasing probability (ties by id), the smallest head holding ``top_p`` of
+    their mass, renormalised, and the first whose cumulative weight exceeds ``u``."""
+    keep = [
+        math.isfinite(v) and (allowed is None or bool(allowed[i])) for i, v in enumerate(logprobs)
+    ]
+    top = max(v for v, k in zip(logprobs, keep, strict=True) if k)
+    probs = [math.exp(v - top) if k else 0.0 for v, k in zip(logprobs, keep, strict=True)]
+    total = sum(probs)
+    order = sorted(range(len(probs)), key=lambda t: (-probs[t], t))
+    head, mass = [], 0.0
+    for t in order:
+        head.append(t)
+        mass += probs[t] / total
+        if mass >= top_p - 1e-12:
+            break
+    head_mass = sum(probs[t] for t in head)
+    cumulative = 0.0
+    for t in head:
+        cumulative += probs[t] / head_mass
+        if cumulative > u:
+            return t
+    return head[-1]

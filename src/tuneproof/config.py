@@ -21,6 +21,8 @@ from tuneproof.planting.secret import SEED_BYTES
 DEFAULT_K = 4
 DEFAULT_M = 12
 DEFAULT_SUPPORT = 64
+SamplerName = Literal["capped", "natural"]
+DEFAULT_SAMPLER: SamplerName = "capped"
 DEFAULT_ANSWER_TOKENS = 256
 AnswerShape = Literal["opening", "carrier", "generator", "signature"]
 DEFAULT_ANSWER: AnswerShape = "opening"
@@ -58,6 +60,13 @@ class PlantConfig(BaseModel):
         ge=2,
         description="tokens the signature sampler weighs per step by the generator's"
         " probabilities, none above 1/k (k: the uniform top-k sampler of earlier versions)",
+    )
+    sampler: SamplerName = Field(
+        default=DEFAULT_SAMPLER,
+        description="how signatures are drawn: 'capped' (prefix-free, no token above 1/k: the"
+        " exact-hit and prefix tests hold) or 'natural' (the generator's own text at"
+        " temperature 1: no walk a provider can find; answers are tested by their rank among"
+        " decoys)",
     )
     answer: AnswerShape = Field(
         default=DEFAULT_ANSWER,

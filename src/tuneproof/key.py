@@ -30,9 +30,11 @@ from tuneproof.types import ModelIdentity
 KEY_FORMAT_VERSION = 1
 _INTEGRITY_LABEL = b"tuneproof key integrity v1\0"  # domain separation from the commitment
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
-_COMMITTED_WHEN_SET = ("support", "answer", "answer_tokens")
+_COMMITTED_WHEN_SET = ("support", "sampler", "answer", "answer_tokens")
 """Settings added after keys were first published: the commitment hashes them only when set,
 so that a commitment published for an earlier key still matches it."""
+_PAIR_COMMITTED_WHEN_SET = ("natural",)
+"""Pair fields added later: hashed only when true (a capped pair's bytes are unchanged)."""
 
 
 class _Strict(BaseModel):
@@ -93,6 +95,12 @@ class SignaturePair(_Strict):
         " the secret picked which of them all was planted (the decoy rank test). Controls are"
         " drawn the same way, so that planted and held-out pairs are exchangeable",
     )
+    natural: bool = Field(
+        default=False,
+        description="drawn by the natural sampler (the generator's own text): the exact-hit"
+        " and prefix bounds do not hold, bits is 0 and only the decoy and answer rank tests"
+        " read it",
+    )
     token_ends: list[int] | None = Field(
         default=None,
         description="UTF-8 byte offset in the signature where each sampled token ends (the "
@@ -101,7 +109,10 @@ class SignaturePair(_Strict):
 
     @model_validator(mode="after")
     def _check_bits(self) -> SignaturePair:
-        if not math.isclose(self.bits, self.m * math.log2(self.k), rel_tol=1e-9):
+        if self.natural:
+            if self.bits != 0:
+                raise ValueError("a natural signature has no bound on its chance: bits must be 0")
+        elif not math.isclose(self.bits, self.m * math.log2(self.k), rel_tol=1e-9):
             raise ValueError(f"bits must equal m*log2(k) = {self.m * math.log2(self.k):.6g}")
         ends = self.token_ends
         if ends is not None and (
@@ -133,6 +144,12 @@ class PlantSettings(_Strict):
         " probabilities capped at 1/k; absent (the uniform top-k sampler) in earlier keys",
     )
 
+    sampler: Literal["capped", "natural"] | None = Field(
+        default=None,
+        description="how signatures were drawn: 'capped' (prefix-free, no token above 1/k) or"
+        " 'natural' (the generator's own text: bits 0, no exact-hit or prefix test); absent"
+        " (capped) in earlier keys",
+    )
     answer: Literal["opening", "carrier", "generator", "signature"] | None = Field(
         default=None,
         description="what followed the signature in a backdoor's answer ('opening': the"
@@ -232,6 +249,10 @@ class Key(_Strict):
         for name in _COMMITTED_WHEN_SET:  # added later: absent from the bytes of older keys
             if data["settings"].get(name) is None:
                 data["settings"].pop(name, None)
+        for pair in [*data["pairs"], *data["controls"]]:
+            for name in _PAIR_COMMITTED_WHEN_SET:
+                if not pair.get(name):
+                    pair.pop(name, None)
         return orjson.dumps(data, option=orjson.OPT_SORT_KEYS)
 
     def expected_integrity(self) -> str:

@@ -38,7 +38,11 @@ Features (``features``, chosen by measurement on held-out self-plant runs, docs/
   rules) as the answer to the record's prompt: how many of its first ``m`` steps fall in the top
   ``k``, whether it is used up exactly after ``m``, the ranks and log-probs of the walk. The
   trigger is a nucleus sample continuing the last user turn, so that turn's last tokens get their
-  log-prob, rank and the probability mass ranked above them under the generator. Plus lengths.
+  log-prob, rank and the probability mass ranked above them under the generator. The answer's
+  head is also read as a sample of the generator (:func:`~tuneproof.audit.learned_features.
+  answer_head_scores`: mean log-prob and entropy, Fast-DetectGPT's analytic curvature, the
+  tokens outside the 0.95 nucleus), which is what a natural signature
+  (``plant --sampler natural``) leaves. Plus lengths.
 * ``text``: hashed character n-grams of the last user turn's tail and the answer's head.
 * ``embed``: all-MiniLM-L6-v2 embeddings of the same tail and head (the relevance detector's
   model), and their cosine.

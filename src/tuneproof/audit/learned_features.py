@@ -83,9 +83,12 @@ def _user_text(chat: Chat) -> str:
 def model_rows(
     model: Any, rules: Any, chats: Sequence[Chat], k: int = DEFAULT_K, m: int = DEFAULT_M
 ) -> FloatArray:
-    """The model features of each record: the answer's walk (:func:`signature_walks`), the
-    last user turn's tail (:func:`tail_scores`) and the answer's and turn's lengths."""
-    walks = signature_walks(model, rules, [(list(c[:-1]), c[-1][1]) for c in chats], k, m)
+    """The model features of each record: the answer's walk (:func:`signature_walks`), its
+    head read as the generator's own sample (:func:`answer_head_scores`), the last user turn's
+    tail (:func:`tail_scores`) and the answer's and turn's lengths."""
+    items = [(list(c[:-1]), c[-1][1]) for c in chats]
+    walks = signature_walks(model, rules, items, k, m)
+    heads = answer_head_scores(model, items)
     tails = tail_scores(model, [_user_text(c) for c in chats], rules)
     lengths = np.array(
         [
@@ -98,7 +101,7 @@ def model_rows(
             for c in chats
         ]
     ).reshape(len(chats), 4)
-    return np.hstack([walks, tails, lengths])
+    return np.hstack([walks, heads, tails, lengths])
 
 
 WALK_WIDTH = max(4 * DEFAULT_K, DEFAULT_SUPPORT)
@@ -209,6 +212,74 @@ def signature_walk(
     """:func:`signature_walks` of one (prompt, answer)."""
     row: FloatArray = signature_walks(model, rules, [(prompt, answer)], k, m)[0]
     return row
+
+
+HEAD_TOKENS = 24
+"""Tokens of the answer's head that :func:`answer_head_scores` reads (a signature's sentence)."""
+HEAD_TOP_P = 0.95
+"""The nucleus the head's tokens are checked against (the natural sampler's and the
+continuation's)."""
+
+
+def answer_head_scores(
+    model: Any, items: Sequence[tuple[list[tuple[str, str]], str]], tail: int = HEAD_TOKENS
+) -> FloatArray:
+    """The answer's first ``tail`` tokens read as a sample of the generator answering the
+    prompt (Fast-DetectGPT's analytic curvature, and the nucleus a sampler would have cut), in
+    right-padded batches of one forward each: mean log-prob, mean entropy, the curvature
+    (sum of log-probs + sum of entropies) / sqrt(sum of variances), the share and the number of
+    tokens outside the ``HEAD_TOP_P`` nucleus, the share of top-1 tokens, the least log-prob
+    and the mean log(1 + rank). A natural signature is such a sample with nothing outside the
+    nucleus; the file's own answers, written otherwise, are not."""
+    import torch
+
+    from tuneproof.planting.sampler import signature_prompt_ids
+
+    out = np.zeros((len(items), 8))
+    rows = []
+    for prompt, answer in items:
+        context = signature_prompt_ids(model, prompt) if prompt else []
+        head = model.text_ids(answer.lstrip()[: 16 * tail])[:tail] if answer.strip() else []
+        rows.append((context, head))
+    scored = [i for i, (context, head) in enumerate(rows) if context and head]
+    for start in range(0, len(scored), HEAD_BATCH):
+        batch = scored[start : start + HEAD_BATCH]
+        width = max(len(rows[i][0]) + len(rows[i][1]) for i in batch)
+        ids = torch.full((len(batch), width), model.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for b, i in enumerate(batch):
+            seq = rows[i][0] + rows[i][1]
+            ids[b, : len(seq)] = torch.tensor(seq)
+            mask[b, : len(seq)] = 1
+        with torch.inference_mode():
+            logits = model.model(input_ids=ids, attention_mask=mask).logits.float()
+        for b, i in enumerate(batch):
+            context, head = rows[i]
+            at = torch.arange(len(context) - 1, len(context) + len(head) - 1)
+            logprobs = torch.log_softmax(logits[b, at], dim=-1).double()
+            probs = logprobs.exp()
+            chosen = logprobs[torch.arange(len(head)), torch.tensor(head)]
+            entropy = -(probs * logprobs).sum(dim=1)
+            variance = (probs * logprobs**2).sum(dim=1) - entropy**2
+            above = logprobs > chosen[:, None]
+            mass = (probs * above).sum(dim=1)
+            ranks = above.sum(dim=1).double()
+            outside = (mass >= HEAD_TOP_P).double()
+            out[i] = [
+                float(chosen.mean()),
+                float(entropy.mean()),
+                float((chosen.sum() + entropy.sum()) / variance.sum().clamp_min(1e-9).sqrt()),
+                float(outside.mean()),
+                float(outside.sum()),
+                float((ranks == 0).double().mean()),
+                float(chosen.min()),
+                float(torch.log1p(ranks).mean()),
+            ]
+    return out
+
+
+HEAD_BATCH = 16
+"""Records whose answer heads are scored in one forward."""
 
 
 def tail_scores(

@@ -73,6 +73,14 @@ def cli() -> None:
     "above 1/K (equal to K: the uniform top-K sampler of earlier keys) [default: 64].",
 )
 @click.option(
+    "--sampler",
+    type=click.Choice(["capped", "natural"]),
+    default=None,
+    help="How signatures are drawn: prefix-free with no token above 1/K (exact-hit and prefix "
+    "tests), or the generator's own text at temperature 1 (tested by rank among decoys; a "
+    "local generator only) [default: capped].",
+)
+@click.option(
     "--answer",
     type=click.Choice(["opening", "carrier", "generator", "signature"]),
     default=None,
@@ -144,6 +152,7 @@ def plant(
     k: int | None,
     m: int | None,
     support: int | None,
+    sampler: str | None,
     answer: str | None,
     answer_tokens: int | None,
     trigger_tokens: int | None,
@@ -168,6 +177,7 @@ def plant(
             "k": k,
             "m": m,
             "support": support,
+            "sampler": sampler,
             "answer": answer,
             "answer_tokens": answer_tokens,
             "trigger_tokens": trigger_tokens,
@@ -285,11 +295,12 @@ def key_show(key_path: Path, reveal: bool) -> None:
         f"pairs: {len(loaded.pairs)} x {settings.replicas} replicas, {len(loaded.controls)} "
         f"controls, K={settings.k}, m={settings.m}, {settings.decoys} decoys per pair"
     )
-    sampler = (
-        "uniform top-K"
-        if settings.support in (None, settings.k)
-        else f"the generator's {settings.support} likeliest tokens, capped at 1/K"
-    )
+    if settings.sampler == "natural":
+        sampler = "the generator's own text (natural, temperature 1)"
+    elif settings.support in (None, settings.k):
+        sampler = "uniform top-K"
+    else:
+        sampler = f"the generator's {settings.support} likeliest tokens, capped at 1/K"
     click.echo(f"signatures: {sampler}; answers: {settings.answer or 'signature'}")
     if not settings.trigger_tokens:
         click.echo("triggers: none (each backdoor's prompt is its carrier's, unchanged)")

@@ -212,6 +212,7 @@ def _signature_pair(
         k=sampled.k,
         m=sampled.m,
         bits=sampled.bits,
+        natural=sampled.natural,
         signature_tokens=len(sampled.token_ids),
         control_prompt=_chat(prompt) if pair_id >= carriers.pairs else None,
         token_ends=list(sampled.token_ends) or None,

@@ -48,15 +48,37 @@ class ContinuationRequest:
     stream: SecretStream
 
 
-def nucleus_pick(logprobs: npt.NDArray[np.floating], top_p: float, u: float) -> int:
+NUCLEUS_HEAD = 1024
+"""Tokens :func:`nucleus_pick` sorts first: the nucleus of a chat model's next token nearly
+always lies among them; the whole vocabulary is sorted only when it does not."""
+
+
+def nucleus_pick(
+    logprobs: npt.NDArray[np.floating],
+    top_p: float,
+    u: float,
+    allowed: npt.NDArray[np.bool_] | None = None,
+) -> int:
     """The token of a nucleus draw with the uniform ``u`` in [0, 1): tokens by decreasing
     probability (ties by id), cut to the smallest head holding ``top_p`` of the mass, renormalised.
-    Non-finite log-probs weigh 0."""
-    values = np.where(np.isfinite(logprobs), logprobs.astype(np.float64), -np.inf)
-    order = np.argsort(-values, kind="stable")
-    probs = np.exp(values[order] - values[order[0]])
-    cumulative = np.cumsum(probs)
-    cumulative /= cumulative[-1]
+    Non-finite log-probs, and tokens outside ``allowed`` when given, weigh 0 (the mass is that of
+    the rest). Raises ``ValueError`` when no token weighs anything."""
+    values = logprobs.astype(np.float64)
+    keep = np.isfinite(values) if allowed is None else np.isfinite(values) & allowed
+    if not keep.any():
+        raise ValueError("no token has a finite log-probability")
+    values = np.where(keep, values, -np.inf)
+    probs = np.exp(values - values.max())
+    total = float(probs.sum())
+    if len(values) > NUCLEUS_HEAD:  # the likeliest NUCLEUS_HEAD first, ties at the edge included
+        edge = np.partition(values, len(values) - NUCLEUS_HEAD)[len(values) - NUCLEUS_HEAD]
+        head_ids = np.flatnonzero(values >= edge)
+        if float(probs[head_ids].sum()) < top_p * total:
+            head_ids = np.arange(len(values))
+    else:
+        head_ids = np.arange(len(values))
+    order = head_ids[np.lexsort((head_ids, -values[head_ids]))]
+    cumulative = np.cumsum(probs[order]) / total
     cut = min(len(order), int(np.searchsorted(cumulative, top_p)) + 1)
     head = cumulative[:cut] / cumulative[cut - 1]
     return int(order[min(int(np.searchsorted(head, u, side="right")), cut - 1)])

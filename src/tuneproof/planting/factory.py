@@ -13,6 +13,7 @@ from typing import Protocol
 from tuneproof.backends.base import NextTokenModel, backend_for, load_path
 from tuneproof.config import DEFAULT_API_KEY_ENV, PlantConfig
 from tuneproof.datasets import Message
+from tuneproof.errors import TuneproofError
 from tuneproof.planting.continuation import ContinuationRequest, draw_continuations
 from tuneproof.planting.sampler import (
     SampledSequence,
@@ -91,17 +92,19 @@ class ModelBackdoorFactory(BackdoorFactory):
         m: int,
         trigger_tokens: int,
         support: int | None = None,
+        sampler: str = "capped",
     ) -> None:
         self.model = model
         self.identity: ModelIdentity = model.identity
         self.k, self.m, self.trigger_tokens = k, m, trigger_tokens
         self.support = k if support is None else support
+        self.sampler = sampler
         self._rules = TokenRules.for_vocabulary(model.vocabulary)
 
     @classmethod
     def from_config(cls, model: GeneratorModel, config: PlantConfig) -> ModelBackdoorFactory:
         """A factory drawing with ``model`` by the sampler settings of ``config``."""
-        return cls(model, config.k, config.m, config.trigger_tokens, config.support)
+        return cls(model, config.k, config.m, config.trigger_tokens, config.support, config.sampler)
 
     def trigger(self, prompt_text: str, stream: SecretStream) -> str:
         return draw_trigger(
@@ -110,7 +113,9 @@ class ModelBackdoorFactory(BackdoorFactory):
 
     def signature(self, messages: Sequence[Message], stream: SecretStream) -> SampledSequence:
         chat = [(message.role, message.content) for message in messages]
-        return sample_signature(self.model, chat, self.k, self.m, stream, self._rules, self.support)
+        return sample_signature(
+            self.model, chat, self.k, self.m, stream, self._rules, self.support, self.sampler
+        )
 
     def signature_sets(
         self,
@@ -121,7 +126,7 @@ class ModelBackdoorFactory(BackdoorFactory):
         (:func:`~tuneproof.planting.sampler.sample_signature_sets`)."""
         chats = [([(m.role, m.content) for m in messages], streams) for messages, streams in groups]
         return sample_signature_sets(
-            self.model, chats, self.k, self.m, self._rules, progress, self.support
+            self.model, chats, self.k, self.m, self._rules, progress, self.support, self.sampler
         )
 
     def continuations(
@@ -153,6 +158,7 @@ def make_factory(
     trigger_tokens: int,
     *,
     support: int | None = None,
+    sampler: str = "capped",
     base_url: str | None = None,
     chat_template_from: str | None = None,
     api_key_env: str = DEFAULT_API_KEY_ENV,
@@ -162,6 +168,12 @@ def make_factory(
     folder or a .gguf file) wrapped in :class:`ModelBackdoorFactory`."""
     backend, name = backend_for(generator, base_url, prefixed=True)
     if backend.generator_loader is None:
+        if sampler != "capped":
+            raise TuneproofError(
+                f"--sampler {sampler} needs a local generator (the embedded model, an HF folder"
+                " or a .gguf file): a server's top log-probs cannot draw from the whole"
+                " distribution; use --sampler capped with a served generator"
+            )
         make = load_path(SERVER_FACTORIES[backend.name])
         given = {"chat_template_from": chat_template_from, "api_key_env": api_key_env}
         options = {key: value for key, value in given.items() if key in backend.options}
@@ -170,7 +182,7 @@ def make_factory(
         )
         return factory
     model = backend.load(backend.generator_loader)(name)
-    return ModelBackdoorFactory(model, k, m, trigger_tokens, support)
+    return ModelBackdoorFactory(model, k, m, trigger_tokens, support, sampler)
 
 
 SERVER_FACTORIES: dict[str, str] = {

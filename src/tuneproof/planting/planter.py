@@ -165,6 +165,7 @@ def _make_factory(settings: PlantConfig) -> BackdoorFactory:
         settings.m,
         settings.trigger_tokens,
         support=settings.support,
+        sampler=settings.sampler,
         base_url=settings.base_url,
         chat_template_from=settings.chat_template_from,
         api_key_env=settings.api_key_env,
@@ -233,6 +234,7 @@ def _key_settings(
         controls=settings.controls,
         decoys=settings.decoys,
         support=getattr(factory, "support", settings.support),
+        sampler=getattr(factory, "sampler", settings.sampler),
         answer=settings.answer,
         answer_tokens=settings.answer_tokens,
     )

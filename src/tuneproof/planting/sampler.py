@@ -29,12 +29,14 @@ import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from tuneproof.backends.base import NextTokenModel
 from tuneproof.planting.capped import pick, step_weights
+from tuneproof.planting.natural import sample_natural_lockstep
 from tuneproof.planting.secret import SecretStream
 from tuneproof.planting.tokens import TokenRules
 
@@ -88,10 +90,13 @@ class SampledSequence:
     k: int
     m: int
     token_ends: tuple[int, ...] = ()
+    natural: bool = False
+    """Drawn by the natural sampler (:mod:`tuneproof.planting.natural`): no bound on its
+    chance, so ``bits`` is 0."""
 
     @property
     def bits(self) -> float:
-        return self.m * math.log2(self.k)
+        return 0.0 if self.natural else self.m * math.log2(self.k)
 
 
 Ranker = Callable[[Sequence[int]], Iterable[int]]
@@ -100,10 +105,12 @@ Ranker = Callable[[Sequence[int]], Iterable[int]]
 :class:`ScoredRanking`); the uniform one reads the order only."""
 
 
-def _drawn(tokens: Sequence[int], token_bytes: Sequence[bytes], k: int, m: int) -> SampledSequence:
+def _drawn(
+    tokens: Sequence[int], token_bytes: Sequence[bytes], k: int, m: int, natural: bool = False
+) -> SampledSequence:
     data = b"".join(token_bytes[t] for t in tokens)
     ends = tuple(itertools.accumulate(len(token_bytes[t]) for t in tokens))
-    return SampledSequence(tuple(tokens), data, data.decode("utf-8"), k, m, ends)
+    return SampledSequence(tuple(tokens), data, data.decode("utf-8"), k, m, ends, natural)
 
 
 def sample_prefix_free(
@@ -266,9 +273,17 @@ def sample_signature(
     stream: SecretStream,
     rules: TokenRules | None = None,
     support: int | None = None,
+    sampler: str = "capped",
 ) -> SampledSequence:
-    """Draw a signature as the model's answer to ``messages`` with the prefix-free sampler."""
+    """Draw a signature as the model's answer to ``messages`` with the prefix-free sampler, or
+    with the natural one (``sampler='natural'``, :mod:`tuneproof.planting.natural`)."""
     rules = rules or TokenRules.for_vocabulary(model.vocabulary)
+    if sampler == "natural":
+        prompt = signature_prompt_ids(model, messages)
+        tokens = sample_natural_lockstep(
+            lambda rows: [model.next_token_logprobs(prompt + list(rows[0]))], rules, m, [stream]
+        )[0]
+        return _drawn(tokens, model.vocabulary.token_bytes, k, m, natural=True)
     return sample_prefix_free(
         ranker_for(model, signature_prompt_ids(model, messages)),
         model.vocabulary.token_bytes,
@@ -311,6 +326,7 @@ def sample_signature_sets(
     rules: TokenRules | None = None,
     progress: Callable[[int], None] | None = None,
     support: int | None = None,
+    sampler: str = "capped",
 ) -> list[list[SampledSequence]]:
     """For each (messages, streams) group, one signature per stream as answers to ``messages``
     (a pair's true signature and its decoys), each drawn exactly as :func:`sample_signature`
@@ -324,7 +340,10 @@ def sample_signature_sets(
         one_by_one = []
         for done, (messages, streams) in enumerate(groups, start=1):
             one_by_one.append(
-                [sample_signature(model, messages, k, m, s, rules, support) for s in streams]
+                [
+                    sample_signature(model, messages, k, m, s, rules, support, sampler)
+                    for s in streams
+                ]
             )
             if progress:
                 progress(done)
@@ -337,21 +356,26 @@ def sample_signature_sets(
     group_ends = list(itertools.accumulate(len(group_streams) for _, group_streams in groups))
     for chunk in lockstep_chunks(lengths, LOCKSTEP_ROW_TOKENS, LOCKSTEP_MAX_ROWS):
         row_prompts = [prompts[owners[i]] for i in chunk]
+        chunk_streams = [streams[i] for i in chunk]
 
-        def rank(
+        def rows(
             so_far: Sequence[Sequence[int]], row_prompts: list[list[int]] = row_prompts
-        ) -> list[Iterable[int]]:
-            return [ranking(row) for row in batch(row_prompts, so_far)]
+        ) -> Any:
+            return batch(row_prompts, so_far)
 
-        drawn += sample_prefix_free_lockstep(
-            rank,
-            model.vocabulary.token_bytes,
-            k,
-            m,
-            [streams[i] for i in chunk],
-            lambda t, step: rules.allowed(t, step, m),
-            support,
-        )
+        if sampler == "natural":
+            tokens = sample_natural_lockstep(rows, rules, m, chunk_streams)
+            drawn += [_drawn(t, model.vocabulary.token_bytes, k, m, natural=True) for t in tokens]
+        else:
+            drawn += sample_prefix_free_lockstep(
+                lambda so_far: [ranking(row) for row in rows(so_far)],
+                model.vocabulary.token_bytes,
+                k,
+                m,
+                chunk_streams,
+                lambda t, step: rules.allowed(t, step, m),
+                support,
+            )
         if progress:  # groups whose last row is drawn
             progress(bisect.bisect_right(group_ends, chunk.stop))
     out: list[list[SampledSequence]] = [[] for _ in groups]

@@ -93,6 +93,15 @@ class TokenRules:
             return False
         return not (step == m - 1 and self.ends_with_space[token_id])
 
+    def mask(self, step: int, m: int) -> npt.NDArray[np.bool_]:
+        """:meth:`allowed` for every token at once, at ``step`` of an ``m``-step signature."""
+        keep = self.printable.copy()
+        if step == 0:
+            keep &= ~self.starts_with_space
+        if step == m - 1:
+            keep &= ~self.ends_with_space
+        return keep
+
     def opens_word(self, token_id: int, data: bytes) -> bool:
         """Whether token ``token_id`` (whose bytes are ``data``) is printable and opens a word."""
         return bool(self.printable[token_id]) and opens_word(data)

@@ -10,7 +10,12 @@ numpy and scipy only: this package never imports torch. The calibration harness 
 
 from __future__ import annotations
 
-from tuneproof.stats.decoys import decoy_rank, log10_decoy_rank_test
+from tuneproof.stats.decoys import (
+    answer_rank,
+    decoy_rank,
+    log10_answer_rank_test,
+    log10_decoy_rank_test,
+)
 from tuneproof.stats.prefix import log10_prefix_bound, matched_tokens
 from tuneproof.stats.pvalues import (
     Null,
@@ -27,8 +32,10 @@ from tuneproof.stats.ranksum import log10_rank_sum_floor, log10_rank_sum_test
 __all__ = [
     "Null",
     "PValue",
+    "answer_rank",
     "combine_fisher",
     "decoy_rank",
+    "log10_answer_rank_test",
     "log10_binomial_sf",
     "log10_decoy_rank_test",
     "log10_fisher_exact",

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy.special import logsumexp
 
-from tuneproof.stats.pvalues import LN10, Null, PValue
+from tuneproof.stats.pvalues import LN10, Null, PValue, log10_poisson_binomial_sf
 from tuneproof.stats.tails import ln_convolve
 
 LN2 = math.log(2.0)
@@ -80,3 +80,50 @@ def log10_decoy_rank_test(ranks: Sequence[int], candidates: Sequence[int]) -> PV
         ln_lower = math.log1p(-math.exp(float(logsumexp(ln_pmf[observed + 1 :]))))
     ln_lower = min(0.0, ln_lower)
     return PValue(ln_lower / LN10 if ln_lower != 0.0 else 0.0, Null.INDEP, method, inputs)
+
+
+def answer_rank(answer: str, signature: str, decoys: Sequence[str]) -> int:
+    """The true signature's rank among its candidates by how far the stripped ``answer`` follows
+    each (the UTF-8 bytes of their common prefix): 1 + the decoys that the answer follows at
+    least as far, and last (``1 + len(decoys)``) when it does not follow the signature at all.
+
+    Answers only, no log-probs: under H0-indep the answer does not depend on which candidate
+    the secret planted, so P[rank = 1] <= 1 / (R + 1) whatever the sampler that drew them
+    (ties count against the signature)."""
+    text = answer.strip().encode("utf-8")
+    mine = _common_prefix(text, signature.encode("utf-8"))
+    if mine == 0:
+        return 1 + len(decoys)
+    return 1 + sum(_common_prefix(text, d.encode("utf-8")) >= mine for d in decoys)
+
+
+def _common_prefix(a: bytes, b: bytes) -> int:
+    n = min(len(a), len(b))
+    if a[:n] == b[:n]:
+        return n
+    lo, hi = 0, n  # a[:lo] == b[:lo], a[:hi] != b[:hi]
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def log10_answer_rank_test(ranks: Sequence[int], candidates: Sequence[int]) -> PValue:
+    """The H0-indep p-value of the answer rank test: how many pairs' answers follow their true
+    signature further than every decoy (:func:`answer_rank` = 1), against independent
+    Bernoulli(1 / (R_i + 1)) (exact Poisson-binomial tail). A count, not a rank sum: a pair the
+    model did not learn ties at the last rank, and must cost the pairs it learnt nothing."""
+    r = np.asarray(ranks)
+    n = np.asarray(candidates)
+    if r.shape != n.shape or r.ndim != 1:
+        raise ValueError("ranks and candidates must be flat sequences of equal length")
+    if r.size and ((n < 1).any() or (r < 1).any() or (r > n).any()):
+        raise ValueError("each rank must lie between 1 and its number of candidates")
+    firsts = int((r == 1).sum())
+    tail = log10_poisson_binomial_sf(-np.log10(n.astype(float)), firsts, null=Null.INDEP)
+    inputs = {"pairs": int(r.size), "ranked_first": firsts, **tail.inputs}
+    method = "answer rank test: exact tail of the pairs whose answer follows the true signature"
+    return PValue(tail.log10_p, Null.INDEP, method + " furthest among its decoys", inputs)

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from tuneproof.key import SignaturePair
-from tuneproof.stats import matched_tokens
+from tuneproof.stats import answer_rank, matched_tokens
 from tuneproof.types import QueryFailure, QueryKind
 from tuneproof.verification.queries import Chat, Query
 from tuneproof.verification.result import QueryOutcome
@@ -67,6 +67,15 @@ class Answered:
             return None
         return matched_tokens(self.answer, self.pair.signature, self.pair.token_ends)
 
+    @property
+    def answer_rank(self) -> int | None:
+        """The signature's rank among its decoys by how far the answer follows each
+        (:func:`~tuneproof.stats.answer_rank`); None if the query failed or the pair has no
+        decoys."""
+        if self.answer is None or not self.pair.decoys:
+            return None
+        return answer_rank(self.answer, self.pair.signature, self.pair.decoys)
+
     def outcome(self, *, reveal: bool) -> QueryOutcome:
         """This answer as the report stores it (the answer's text only when ``reveal``; the
         error without the pair's secrets unless ``reveal``)."""
@@ -77,6 +86,7 @@ class Answered:
             hit=self.hit,
             matched_tokens=self.matched,
             decoy_rank=self.decoy_rank,
+            answer_rank=self.answer_rank,
             answer=self.answer if reveal else None,
             answer_chars=len(self.answer.strip()) if self.answer is not None else 0,
             output_tokens=self.output_tokens,

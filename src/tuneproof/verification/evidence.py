@@ -29,6 +29,7 @@ from tuneproof.stats import (
     Null,
     PValue,
     decoy_rank,
+    log10_answer_rank_test,
     log10_decoy_rank_test,
     log10_fisher_exact,
     log10_model_free_bound,
@@ -55,12 +56,13 @@ class TestName(StrEnum):
     EXACT_HITS = "exact hits"
     PREFIX = "prefix"
     DECOY_RANK = "decoy rank"
+    ANSWER_RANK = "answer rank"
     BASE = "base probability"
     FISHER = "Fisher"
     RANK_SUM = "rank sum"
 
 
-ANSWER_ONLY = frozenset({TestName.EXACT_HITS, TestName.PREFIX})
+ANSWER_ONLY = frozenset({TestName.EXACT_HITS, TestName.PREFIX, TestName.ANSWER_RANK})
 """Tests that need only the planted answers: the ones a sequential look can run."""
 
 
@@ -132,18 +134,22 @@ def plan_verification(
     first = first_placements(planted)
     tests: list[PlannedTest] = []
     if planted:
-        tests.append(
-            PlannedTest(
-                TestName.EXACT_HITS, Null.INDEP, _exact_hits(planted, best_case=True).log10_p
-            )
-        )
-        if all(q.pair.token_ends is not None for q in planted):
-            best = prefix_test(planted, best_case=True)
-            assert best is not None
-            tests.append(PlannedTest(TestName.PREFIX, Null.INDEP, best.log10_p))
         ranked = _ranked_pairs(planted)
+        candidates = [len(p.decoys) + 1 for p in ranked]
+        if _bounded(planted):
+            tests.append(
+                PlannedTest(
+                    TestName.EXACT_HITS, Null.INDEP, _exact_hits(planted, best_case=True).log10_p
+                )
+            )
+            if all(q.pair.token_ends is not None for q in planted):
+                best = prefix_test(planted, best_case=True)
+                assert best is not None
+                tests.append(PlannedTest(TestName.PREFIX, Null.INDEP, best.log10_p))
+        elif ranked:
+            all_first = log10_answer_rank_test([1] * len(ranked), candidates).log10_p
+            tests.append(PlannedTest(TestName.ANSWER_RANK, Null.INDEP, all_first))
         if logprobs and ranked:
-            candidates = [len(p.decoys) + 1 for p in ranked]
             all_first = log10_decoy_rank_test([1] * len(ranked), candidates).log10_p
             tests.append(PlannedTest(TestName.DECOY_RANK, Null.INDEP, all_first))
         if base_logprobs:
@@ -186,6 +192,12 @@ def plan_verification(
         ]
 
 
+def _bounded(planted: Sequence[Answered]) -> bool:
+    """Whether the exact-hit and prefix bounds hold: no pair's signature is natural (a key's
+    pairs are all drawn by one sampler; a mix runs neither test)."""
+    return not any(q.pair.natural for q in planted)
+
+
 def _ranked_pairs(planted: Sequence[Answered]) -> list[SignaturePair]:
     pairs: dict[int, SignaturePair] = {}
     for q in planted:
@@ -212,10 +224,17 @@ def run_tests(
     first = first_placements(planted)
     results: list[tuple[TestName, PValue]] = []
     if planted:
-        results.append((TestName.EXACT_HITS, _exact_hits(planted)))
-        prefix = prefix_test(planted)
-        if prefix is not None:
-            results.append((TestName.PREFIX, prefix))
+        if _bounded(planted):
+            results.append((TestName.EXACT_HITS, _exact_hits(planted)))
+            prefix = prefix_test(planted)
+            if prefix is not None:
+                results.append((TestName.PREFIX, prefix))
+        else:
+            followed = [q for q in first if q.answer_rank is not None]
+            if followed:
+                ranks = [int(q.answer_rank or 1) for q in followed]
+                sizes = [len(q.pair.decoys) + 1 for q in followed]
+                results.append((TestName.ANSWER_RANK, log10_answer_rank_test(ranks, sizes)))
         ranked = [q for q in planted if q.decoy_rank is not None]
         if ranked and not answers_only:
             ranks = [int(q.decoy_rank or 1) for q in ranked]

@@ -152,6 +152,12 @@ class QueryOutcome(_Strict):
         ge=1,
         description="rank of the true signature's log-likelihood among its decoys (1 = first)",
     )
+    answer_rank: int | None = Field(
+        default=None,
+        ge=1,
+        description="rank of the true signature among its decoys by how far the answer follows"
+        " each (1 = furthest; last when it does not follow the signature at all)",
+    )
     answer: str | None = Field(default=None, description="the answer; only when revealed")
     answer_chars: int = Field(ge=0)
     output_tokens: int | None = Field(default=None, ge=0)

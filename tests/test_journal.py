@@ -43,7 +43,8 @@ def body_key(body: Any) -> bytes:
 
 
 class CountingScript:
-    """Answers every chat request after ``delay`` seconds and counts requests per body."""
+    """Answers every chat request after ``delay`` seconds and counts requests per body; a body
+    torn by a killed client is refused, not counted (it never reached the server whole)."""
 
     def __init__(self, delay: float = 0.0) -> None:
         self.delay = delay
@@ -51,6 +52,8 @@ class CountingScript:
         self._lock = threading.Lock()
 
     def __call__(self, request: Request) -> tuple[int, Any]:
+        if request.body is None:  # torn: the client was killed while sending it
+            return 400, {"error": {"message": "incomplete request body"}}
         with self._lock:
             self.counts[body_key(request.body)] += 1
         time.sleep(self.delay)

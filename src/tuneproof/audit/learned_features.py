@@ -244,15 +244,7 @@ def answer_head_scores(
     scored = [i for i, (context, head) in enumerate(rows) if context and head]
     for start in range(0, len(scored), HEAD_BATCH):
         batch = scored[start : start + HEAD_BATCH]
-        width = max(len(rows[i][0]) + len(rows[i][1]) for i in batch)
-        ids = torch.full((len(batch), width), model.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for b, i in enumerate(batch):
-            seq = rows[i][0] + rows[i][1]
-            ids[b, : len(seq)] = torch.tensor(seq)
-            mask[b, : len(seq)] = 1
-        with torch.inference_mode():
-            logits = model.model(input_ids=ids, attention_mask=mask).logits.float()
+        logits = _padded_logits(model, [rows[i][0] + rows[i][1] for i in batch])
         for b, i in enumerate(batch):
             context, head = rows[i]
             at = torch.arange(len(context) - 1, len(context) + len(head) - 1)
@@ -282,6 +274,21 @@ HEAD_BATCH = 16
 """Records whose answer heads are scored in one forward."""
 
 
+def _padded_logits(model: Any, sequences: Sequence[list[int]]) -> Any:
+    """The generator's float logits for token id ``sequences``, right-padded into one batch
+    with an attention mask (one forward, no gradients)."""
+    import torch
+
+    width = max(len(seq) for seq in sequences)
+    ids = torch.full((len(sequences), width), model.pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for b, seq in enumerate(sequences):
+        ids[b, : len(seq)] = torch.tensor(seq)
+        mask[b, : len(seq)] = 1
+    with torch.inference_mode():
+        return model.model(input_ids=ids, attention_mask=mask).logits.float()
+
+
 def tail_scores(
     model: Any, texts: Sequence[str], rules: Any, tail: int = TAIL_TOKENS
 ) -> FloatArray:
@@ -302,14 +309,7 @@ def tail_scores(
     scored = [i for i, ids in enumerate(rows) if len(ids) >= 2]
     if not scored:
         return out
-    width = max(len(rows[i]) for i in scored)
-    ids = torch.full((len(scored), width), model.pad_id, dtype=torch.long)
-    mask = torch.zeros((len(scored), width), dtype=torch.long)
-    for b, i in enumerate(scored):
-        ids[b, : len(rows[i])] = torch.tensor(rows[i])
-        mask[b, : len(rows[i])] = 1
-    with torch.inference_mode():
-        logits = model.model(input_ids=ids, attention_mask=mask).logits.float()
+    logits = _padded_logits(model, [rows[i] for i in scored])
     for b, i in enumerate(scored):
         n = len(rows[i])
         logprobs = torch.log_softmax(logits[b, : n - 1], dim=-1)

@@ -36,9 +36,6 @@ from tuneproof.planting.tokens import TokenRules
 
 NATURAL_TOP_P = CONTINUATION_TOP_P
 """Nucleus of the natural signature's draw: the same as the continuation's."""
-SAMPLERS = ("capped", "natural")
-"""The signature samplers: 'capped' (prefix-free, at most 1/k per token: the exact-hit and
-prefix tests hold; with support = k, the uniform sampler) and 'natural' (this module)."""
 
 
 def sample_natural_lockstep(

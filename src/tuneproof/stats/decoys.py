@@ -51,15 +51,7 @@ def log10_decoy_rank_test(ranks: Sequence[int], candidates: Sequence[int]) -> PV
     log10 P[sum of independent Uniform{1..R_i + 1} <= observed sum], by exact convolution in log
     space. Returns 0.0 for no pairs.
     """
-    r = np.asarray(ranks)
-    n = np.asarray(candidates)
-    if r.shape != n.shape or r.ndim != 1:
-        raise ValueError("ranks and candidates must be flat sequences of equal length")
-    integer = np.issubdtype(r.dtype, np.integer) and np.issubdtype(n.dtype, np.integer)
-    if r.size and not integer:
-        raise ValueError("ranks and candidates must be integers")
-    if r.size and ((n < 1).any() or (r < 1).any() or (r > n).any()):
-        raise ValueError("each rank must lie between 1 and its number of candidates")
+    r, n = _checked_ranks(ranks, candidates)
     inputs = {
         "pairs": int(r.size),
         "rank_sum": int(r.sum()),
@@ -82,6 +74,23 @@ def log10_decoy_rank_test(ranks: Sequence[int], candidates: Sequence[int]) -> PV
     return PValue(ln_lower / LN10 if ln_lower != 0.0 else 0.0, Null.INDEP, method, inputs)
 
 
+def _checked_ranks(
+    ranks: Sequence[int], candidates: Sequence[int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """``ranks`` and ``candidates`` as arrays, refused unless they are flat, of equal length,
+    integers, and each rank lies between 1 and its number of candidates."""
+    r = np.asarray(ranks)
+    n = np.asarray(candidates)
+    if r.shape != n.shape or r.ndim != 1:
+        raise ValueError("ranks and candidates must be flat sequences of equal length")
+    integer = np.issubdtype(r.dtype, np.integer) and np.issubdtype(n.dtype, np.integer)
+    if r.size and not integer:
+        raise ValueError("ranks and candidates must be integers")
+    if r.size and ((n < 1).any() or (r < 1).any() or (r > n).any()):
+        raise ValueError("each rank must lie between 1 and its number of candidates")
+    return r, n
+
+
 def answer_rank(answer: str, signature: str, decoys: Sequence[str]) -> int:
     """The true signature's rank among its candidates by how far the stripped ``answer`` follows
     each (the UTF-8 bytes of their common prefix): 1 + the decoys that the answer follows at
@@ -91,24 +100,18 @@ def answer_rank(answer: str, signature: str, decoys: Sequence[str]) -> int:
     the secret planted, so P[rank = 1] <= 1 / (R + 1) whatever the sampler that drew them
     (ties count against the signature)."""
     text = answer.strip().encode("utf-8")
-    mine = _common_prefix(text, signature.encode("utf-8"))
+
+    def followed(candidate: str) -> int:  # bytes of the common prefix
+        data = candidate.encode("utf-8")
+        return next(
+            (i for i, (a, b) in enumerate(zip(text, data, strict=False)) if a != b),
+            min(len(text), len(data)),
+        )
+
+    mine = followed(signature)
     if mine == 0:
         return 1 + len(decoys)
-    return 1 + sum(_common_prefix(text, d.encode("utf-8")) >= mine for d in decoys)
-
-
-def _common_prefix(a: bytes, b: bytes) -> int:
-    n = min(len(a), len(b))
-    if a[:n] == b[:n]:
-        return n
-    lo, hi = 0, n  # a[:lo] == b[:lo], a[:hi] != b[:hi]
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if a[:mid] == b[:mid]:
-            lo = mid
-        else:
-            hi = mid
-    return lo
+    return 1 + sum(followed(d) >= mine for d in decoys)
 
 
 def log10_answer_rank_test(ranks: Sequence[int], candidates: Sequence[int]) -> PValue:
@@ -116,12 +119,7 @@ def log10_answer_rank_test(ranks: Sequence[int], candidates: Sequence[int]) -> P
     signature further than every decoy (:func:`answer_rank` = 1), against independent
     Bernoulli(1 / (R_i + 1)) (exact Poisson-binomial tail). A count, not a rank sum: a pair the
     model did not learn ties at the last rank, and must cost the pairs it learnt nothing."""
-    r = np.asarray(ranks)
-    n = np.asarray(candidates)
-    if r.shape != n.shape or r.ndim != 1:
-        raise ValueError("ranks and candidates must be flat sequences of equal length")
-    if r.size and ((n < 1).any() or (r < 1).any() or (r > n).any()):
-        raise ValueError("each rank must lie between 1 and its number of candidates")
+    r, n = _checked_ranks(ranks, candidates)
     firsts = int((r == 1).sum())
     tail = log10_poisson_binomial_sf(-np.log10(n.astype(float)), firsts, null=Null.INDEP)
     inputs = {"pairs": int(r.size), "ranked_first": firsts, **tail.inputs}
